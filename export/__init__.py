@@ -1,0 +1,1 @@
+"""daefr.export (placeholder until its issue lands)."""

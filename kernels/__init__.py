@@ -1,0 +1,1 @@
+"""daefr.kernels (placeholder until its issue lands)."""

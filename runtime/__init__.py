@@ -1,0 +1,1 @@
+"""daefr.runtime (placeholder until its issue lands)."""

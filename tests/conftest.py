@@ -1,0 +1,61 @@
+"""Shared fixtures: the reference data of the original implementation and small models."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from daefr import DAEFR, DAEFRConfig
+from daefr.seeded_weights import seed_model_
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = Path(os.environ.get("DAEFR_REFERENCE", REPO.parent / "shared" / "reference"))
+
+
+def has_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not (REFERENCE / "daefr_official_state_dict.json").is_file():
+        pytest.fail(f"reference data missing at {REFERENCE}; set DAEFR_REFERENCE")
+    return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def official_manifest(reference_dir: Path) -> list[tuple[str, tuple[int, ...]]]:
+    data = json.loads((reference_dir / "daefr_official_state_dict.json").read_text())
+    return [(key, tuple(shape)) for key, shape, _dtype in data["keys"]]
+
+
+@pytest.fixture(scope="session")
+def reference_input(reference_dir: Path) -> torch.Tensor:
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(reference_dir / "official_forward" / "input.png").convert("RGB"))
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255 * 2 - 1
+
+
+@pytest.fixture()
+def tiny_model() -> DAEFR:
+    torch.manual_seed(0)
+    return seed_model_(DAEFR(DAEFRConfig.from_name("tiny")), salt="tiny-test").eval()
+
+
+@pytest.fixture()
+def tiny_input() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
