@@ -10,6 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+# Triton kernels run through the interpreter on machines without a GPU; this must be set
+# before any kernel is defined, i.e. before daefr.kernels is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from daefr import DAEFR, DAEFRConfig
 from daefr.seeded_weights import seed_model_
 
