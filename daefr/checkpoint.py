@@ -16,7 +16,7 @@ from daefr.atomic import atomic_path
 from daefr.config import DAEFRConfig
 from daefr.model import DAEFR, TRAINING_ONLY_PREFIXES
 from daefr.ops import Impl
-from daefr.safe_unpickle import restricted_torch_load
+from daefr.safe_unpickle import RefusedGlobal, restricted_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,9 @@ def _torch_load(path: Path) -> object:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
     try:
         return restricted_torch_load(str(path))
-    except pickle.UnpicklingError as err:
+    except RefusedGlobal as err:
         raise CheckpointError(f"{path}: refused, {err}") from err
-    except (RuntimeError, EOFError, OSError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
 
 

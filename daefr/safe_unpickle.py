@@ -45,16 +45,31 @@ METADATA_MODULE_PREFIXES: tuple[str, ...] = (
 )
 
 
-class OpaqueObject:
-    """Stands in for a metadata object that was not rebuilt; keeps what it was given."""
+class RefusedGlobal(pickle.UnpicklingError):
+    """The pickle names a global that could run code; nothing of it was executed."""
+
+
+class OpaqueObject(dict):
+    """Stands in for a metadata object that was not rebuilt; keeps what it was given.
+
+    A dict so that pickled dict subclasses (``AttributeDict``) fill it; ``append``/``extend``
+    so that list subclasses do too.
+    """
 
     qualified_name = "?"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args, self.kwargs = args, kwargs
+        super().__init__()
+        self.args, self.kwargs, self.items_list = args, kwargs, []
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
+
+    def append(self, item: Any) -> None:
+        self.items_list.append(item)
+
+    def extend(self, items: Any) -> None:
+        self.items_list.extend(items)
 
     def __repr__(self) -> str:
         return f"<opaque {self.qualified_name}>"
@@ -66,7 +81,7 @@ def _opaque_class(module: str, name: str) -> type[OpaqueObject]:
 
 def _reconstructor(cls: type, base: type, state: Any) -> Any:
     if not (isinstance(cls, type) and issubclass(cls, OpaqueObject)):
-        raise pickle.UnpicklingError(f"refused to reconstruct {cls!r}")
+        raise RefusedGlobal(f"refused to reconstruct {cls!r}")
     return cls()
 
 
@@ -82,7 +97,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             p.rstrip(".") for p in METADATA_MODULE_PREFIXES
         }:
             return _opaque_class(module, name)
-        raise pickle.UnpicklingError(
+        raise RefusedGlobal(
             f"refused global {module}.{name}: loading it could run code; "
             "the checkpoint is not a plain weights file"
         )
@@ -104,4 +119,4 @@ def restricted_torch_load(path: str) -> Any:
     return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
 
 
-__all__ = ["OpaqueObject", "RestrictedUnpickler", "restricted_torch_load"]
+__all__ = ["OpaqueObject", "RefusedGlobal", "RestrictedUnpickler", "restricted_torch_load"]
