@@ -1,0 +1,181 @@
+"""Collect everything ``daefr-report`` shows into one JSON-ready dict (and the images)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import logging
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from daefr.runtime.report.faces import ReportFace, report_faces, to_batch
+from daefr.runtime.report.measure import Measurement, measure, stage_inputs
+from daefr.runtime.report.variants import Variant, eager_variants, ort_variants, trt_variants
+
+from daefr.model import DAEFR
+
+log = logging.getLogger(__name__)
+
+CODE_AGREEMENT_BAR = 0.995
+PSNR_BAR_DB = 40.0
+REFERENCE = "eager fp32"
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    faces: int = 4
+    batches: tuple[int, ...] = (1, 4, 8, 16, 32)
+    repeats: int = 10
+    seed: int = 0
+    engine_dirs: dict[str, Path | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.faces < 1:
+            raise ValueError(f"invalid config: faces={self.faces}; must be >= 1")
+        if not self.batches or min(self.batches) < 1:
+            raise ValueError(f"invalid config: batches={self.batches}; need sizes >= 1")
+        if self.repeats < 1:
+            raise ValueError(f"invalid config: repeats={self.repeats}; must be >= 1")
+
+
+@dataclass
+class ReportData:
+    summary: dict  # what report.json holds
+    faces: list[ReportFace]
+    outputs: dict[str, torch.Tensor]  # variant -> restored (F, 3, R, R) float32
+    codes: dict[str, torch.Tensor]  # variant -> code_idx (F, N) int64
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment() -> dict[str, object]:
+    env: dict[str, object] = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        **{
+            name: _version(name)
+            for name in ("torch", "triton", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt")
+        },
+        "gpu": None,
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env["gpu"] = {
+            "name": props.name,
+            "compute_capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "cuda": torch.version.cuda,
+            "driver": _nvidia_driver(),
+        }
+    return env
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+        return out.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def git_revision() -> str | None:
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def quality_verdict(variant: Variant, measurement: Measurement) -> dict[str, object] | None:
+    """The fp16 quality bars (code agreement >= 99.5 %, PSNR >= 40 dB vs eager fp32)."""
+    if "fp16" not in variant.precision:
+        return None
+    acc = measurement.accuracy
+    return {
+        "code_agreement_pass": acc.code_agreement >= CODE_AGREEMENT_BAR,
+        "psnr_pass": acc.psnr_db >= PSNR_BAR_DB,
+    }
+
+
+def _json_float(value: float) -> float | str:
+    return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+
+
+def collect(
+    model: DAEFR, preset: str, weights: dict[str, str], device: torch.device, cfg: ReportConfig
+) -> ReportData:
+    """Run every variant on the same faces and gather the numbers."""
+    resolution = model.config.vqgan.resolution
+    faces = report_faces(resolution, cfg.faces, cfg.seed)
+    batch = to_batch([f.degraded for f in faces])
+    with tempfile.TemporaryDirectory(prefix="daefr-report-") as work:
+        variants = [
+            *eager_variants(model, device),
+            *ort_variants(model, device, Path(work)),
+            *trt_variants(device, cfg.engine_dirs),
+        ]
+        reference = variants[0]
+        ref_restored, ref_codes = reference.restorer.restore(batch.to(device))
+        ref_restored, ref_codes = ref_restored.float().cpu(), ref_codes.long().cpu()
+        stages = stage_inputs(reference.run_graph, batch)
+        rows, outputs, codes = [], {}, {}
+        for variant in variants:
+            row: dict[str, object] = {
+                "name": variant.name, "backend": variant.backend, "precision": variant.precision,
+                "device": variant.device, "status": "skipped" if variant.skipped else "ran", "reason": variant.skipped,
+            }  # fmt: skip
+            if variant.skipped is None:
+                log.info("measuring %s", variant.name)
+                m = measure(variant, batch, (ref_restored, ref_codes), stages, cfg.batches, cfg.repeats)
+                outputs[variant.name], codes[variant.name] = m.restored, m.codes
+                row.update(
+                    accuracy={k: _json_float(v) for k, v in m.accuracy.to_dict().items()},
+                    latency_ms=m.latency_ms,
+                    throughput_faces_per_s={str(b): v for b, v in m.throughput.items()},
+                    peak_memory_mb=m.peak_memory_mb if variant.backend == "torch" else None,
+                    build_seconds=variant.build_seconds,
+                    artifact_mb=None if variant.artifact_bytes is None else variant.artifact_bytes / 2**20,
+                    graph_error=m.graph_error,
+                    graph_ms=m.graph_ms,
+                    quality_bars=quality_verdict(variant, m),
+                )
+            else:
+                log.info("skipped %s: %s", variant.name, variant.skipped)
+            rows.append(row)
+            variant.close()
+    summary = {
+        "title": "DAEFR accuracy vs speed",
+        "reference": REFERENCE,
+        "preset": preset,
+        "resolution": resolution,
+        "weights": weights,
+        "environment": environment(),
+        "git_revision": git_revision(),
+        "faces": [{"name": f.name, "degradation": f.params} for f in faces],
+        "quality_bars": {"code_agreement_min": CODE_AGREEMENT_BAR, "psnr_min_db": PSNR_BAR_DB},
+        "settings": {"batches": list(cfg.batches), "repeats": cfg.repeats, "seed": cfg.seed},
+        "variants": rows,
+    }
+    return ReportData(summary, faces, outputs, codes)
