@@ -94,3 +94,19 @@ def test_convert_rejects_bad_checkpoint(tmp_path, capsys):
     bad.write_bytes(b"garbage")
     assert convert.main([str(bad), "-o", str(tmp_path / "m.safetensors")]) == 2
     assert "bad.ckpt" in capsys.readouterr().err
+
+
+def test_unaligned_photo_gets_its_face_restored_and_the_rest_kept(tmp_path, tiny_ckpt):
+    from skimage import data
+
+    photo = data.astronaut()
+    Image.fromarray(photo).save(tmp_path / "astronaut.png")
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "astronaut.png"), "-o", str(out), "--ckpt", str(tiny_ckpt), "--preset", "tiny", "--unaligned"]
+    assert restore.main(argv) == 0
+    restored = np.asarray(Image.open(out / "astronaut.png")).astype(int)
+    assert restored.shape == photo.shape
+    changed = np.abs(restored - photo).sum(-1) > 0
+    # The face (upper middle of the portrait) changed; the bottom-right corner did not.
+    assert changed[80:200, 170:300].mean() > 0.5
+    assert not changed[400:, 400:].any()

@@ -36,6 +36,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-o", "--out-dir", type=Path, required=True, help="where restored PNGs go")
     add_model_flags(parser)
     parser.add_argument("--batch-size", type=int, default=4, help="faces per forward pass")
+    parser.add_argument(
+        "--unaligned",
+        action="store_true",
+        help="inputs are whole photos: detect every face, align, restore and paste back",
+    )
     add_logging_flags(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -62,10 +67,30 @@ def restore_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, batc
         if images:
             with torch.inference_mode():
                 result = model(torch.stack(images).to(device))
-            for path, restored in zip(names, result.restored):
+            for path, restored in zip(names, result.restored, strict=True):
                 write_rgb(out_dir / f"{path.stem}.png", tensor_to_rgb(restored))
         progress.update(len(chunk))
     progress.close()
+    return failures
+
+
+def restore_photos(model: torch.nn.Module, paths: list[Path], out_dir: Path, batch_size: int) -> list[str]:
+    """Whole photos: every detected face restored and pasted back; one message per failure."""
+    from daefr.runtime.backends import create_restorer
+    from daefr.runtime.face.detector import RetinaFaceDetector
+    from daefr.runtime.photo import restore_photo
+
+    detector = RetinaFaceDetector()
+    restorer = create_restorer("torch", model=model, device=next(model.parameters()).device)
+    failures: list[str] = []
+    for path in tqdm(paths, unit="photo", desc="restoring", disable=None):
+        try:
+            rgb = read_rgb(path)
+        except ImageReadError as err:
+            failures.append(str(err))
+            log.error("skipped %s", err)
+            continue
+        write_rgb(out_dir / f"{path.stem}.png", restore_photo(rgb, restorer, detector, batch_size))
     return failures
 
 
@@ -85,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, UsageError) as err:
         print(f"daefr-restore: {err}", file=sys.stderr)
         return EXIT_USAGE
-    failures = restore_files(model, paths, args.out_dir, args.batch_size)
+    run = restore_photos if args.unaligned else restore_files
+    failures = run(model, paths, args.out_dir, args.batch_size)
     done = len(paths) - len(failures)
     log.info("restored %d of %d images into %s", done, len(paths), args.out_dir)
     if failures:
