@@ -67,10 +67,14 @@ def code_head(
 
     x: (M, C); proj_weight: (K, C); codebook: (K, D).
     """
-    if impl == "triton" and not return_logits:
+    if impl == "triton":
         from daefr.kernels import code_head as code_head_triton
+        from daefr.kernels import code_head_with_logits
 
-        idx, codes = code_head_triton(x, norm.weight, norm.bias, norm.eps, proj_weight, codebook)
+        args = (x, norm.weight, norm.bias, norm.eps, proj_weight, codebook)
+        if return_logits:
+            return CodeHeadOutput(*code_head_with_logits(*args))
+        idx, codes = code_head_triton(*args)
         return CodeHeadOutput(idx, codes, None)
     logits = F.linear(norm(x), proj_weight)  # (M, K)
     idx = logits.argmax(dim=-1)

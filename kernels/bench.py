@@ -1,0 +1,304 @@
+"""Benchmark the fused kernels against eager PyTorch and torch.compile, on a CUDA GPU.
+
+    python -m daefr.kernels.bench [--batches 1,8,32] [--dtypes float16,float32] [--out PATH]
+
+For each kernel and B faces (M = B * 256 tokens) it prints the median time of the kernel, of
+the eager PyTorch baselines and of ``torch.compile`` of the reference, the speed-up of the
+kernel over each, and the fraction of the roofline floor reached:
+floor = max(bytes moved once / HBM bandwidth, FLOPs / peak FLOP rate). Peaks come from
+``PEAKS`` (NVIDIA datasheet numbers, dense, no sparsity) by device name, else the bandwidth is
+derived from ``torch.cuda.get_device_properties`` and the FLOP floor is left out. fp32 kernels
+use exact fp32 products (no tensor cores), so their FLOP peak is the CUDA-core fp32 rate.
+Times come from ``triton.testing.do_bench`` (CUDA events, L2 flushed between runs) and include
+the Python launch overhead of each call, which dominates at B = 1.
+
+Exit status: 0 measured; 2 no CUDA GPU or no Triton (one line on stderr), or bad arguments.
+``--out PATH`` writes the report atomically, as JSON if PATH ends in .json, else as the text
+table, with the device name, torch/triton/CUDA versions and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from daefr.atomic import atomic_write_text
+
+TOKENS = 256  # N, tokens per face
+# device-name substring -> (HBM bytes/s, fp16/bf16 tensor-core FLOP/s, fp32 CUDA-core FLOP/s)
+# First match wins, so the specific H100 variants come before the plain "H100" (SXM5).
+PEAKS: dict[str, tuple[float, float, float]] = {
+    "H100 PCIe": (2.0e12, 756e12, 51e12),
+    "H100 NVL": (3.9e12, 835e12, 60e12),
+    "H100": (3.35e12, 989e12, 67e12),
+    "H200": (4.8e12, 989e12, 67e12),
+}
+# (kernel, baseline the target is measured against, speed-up the issue asks for, at B)
+TARGETS: list[tuple[str, str, float, int | None]] = [
+    ("nearest_code", "cdist+argmin+gather", 3.0, 8),
+    ("code_head", "eager", 2.0, None),
+    ("attention", "sdpa", 1.0, None),
+]
+FLOOR_TARGET = 0.5  # every kernel within 2x of its floor
+
+
+@dataclass
+class Row:
+    kernel: str
+    shape: str
+    batch: int
+    dtype: str
+    kernel_us: float
+    baselines_us: dict[str, float] = field(default_factory=dict)
+    floor_us: float | None = None
+
+    @property
+    def floor_fraction(self) -> float | None:
+        return None if self.floor_us is None else self.floor_us / self.kernel_us
+
+
+def device_peaks() -> tuple[str, float, float | None, float | None]:
+    """(name, HBM bytes/s, half FLOP/s or None, fp32 FLOP/s or None) of GPU 0."""
+    props = torch.cuda.get_device_properties(0)
+    for key, (bw, half, fp32) in PEAKS.items():
+        if key in props.name:
+            return props.name, bw, half, fp32
+    # memory_clock_rate is in kHz; HBM and GDDR transfer twice per clock
+    bw = 2 * props.memory_clock_rate * 1e3 * props.memory_bus_width / 8
+    return props.name, bw, None, None
+
+
+def floor_us(nbytes: float, flops: float, dtype: torch.dtype, peaks: tuple) -> float | None:
+    _, bw, half, fp32 = peaks
+    peak = fp32 if dtype == torch.float32 else half
+    if peak is None:
+        return None
+    return max(nbytes / bw, flops / peak) * 1e6
+
+
+def time_us(fn: Callable[[], object]) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
+
+
+def bench_nearest_code(batch: int, dtype: torch.dtype, peaks: tuple, compiled: bool) -> Row:
+    from daefr.kernels import nearest_code
+    from daefr.kernels.quantize import nearest_code_ref
+
+    m, k, d = batch * TOKENS, 1024, 256
+    z = torch.randn(m, d, device="cuda", dtype=dtype)
+    codebook = torch.randn(k, d, device="cuda", dtype=dtype)
+
+    def cdist_argmin_gather() -> torch.Tensor:
+        return codebook[torch.cdist(z, codebook).argmin(dim=1)]
+
+    baselines = {"cdist+argmin+gather": cdist_argmin_gather, "eager": lambda: nearest_code_ref(z, codebook)}
+    if compiled:
+        ref_c = torch.compile(nearest_code_ref)
+        baselines["compiled"] = lambda: ref_c(z, codebook)
+    s = z.element_size()
+    nbytes = (2 * m * d + k * d) * s + 8 * m
+    return measure(
+        "nearest_code",
+        f"M={m} K={k} D={d}",
+        batch,
+        dtype,
+        lambda: nearest_code(z, codebook),
+        baselines,
+        floor_us(nbytes, 2 * m * k * d, dtype, peaks),
+    )
+
+
+def bench_code_head(batch: int, dtype: torch.dtype, peaks: tuple, compiled: bool) -> Row:
+    from daefr.kernels import code_head
+    from daefr.kernels.head import code_head_ref
+
+    m, c, k, d = batch * TOKENS, 512, 1024, 256
+    args = (
+        torch.randn(m, c, device="cuda", dtype=dtype),
+        torch.ones(c, device="cuda", dtype=dtype),
+        torch.zeros(c, device="cuda", dtype=dtype),
+        1e-5,
+        torch.randn(k, c, device="cuda", dtype=dtype) / c**0.5,
+        torch.randn(k, d, device="cuda", dtype=dtype),
+    )
+
+    def eager_head(*a: object) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, codes, _ = code_head_ref(*a)
+        return idx, codes
+
+    baselines = {"eager": lambda: eager_head(*args)}
+    if compiled:
+        head_c = torch.compile(eager_head)
+        baselines["compiled"] = lambda: head_c(*args)
+    s = args[0].element_size()
+    nbytes = (m * c + k * c + 2 * m * d + 2 * c) * s + 8 * m
+    return measure(
+        "code_head",
+        f"M={m} C={c} K={k} D={d}",
+        batch,
+        dtype,
+        lambda: code_head(*args),
+        baselines,
+        floor_us(nbytes, 2 * m * k * c, dtype, peaks),
+    )
+
+
+def bench_attention(
+    batch: int, heads: int, head_dim: int, dtype: torch.dtype, peaks: tuple, compiled: bool
+) -> Row:
+    from daefr.kernels import fused_attention
+    from daefr.kernels.attention import attention_ref
+
+    q, k, v = (torch.randn(batch, heads, TOKENS, head_dim, device="cuda", dtype=dtype) for _ in range(3))
+    baselines = {
+        "sdpa": lambda: F.scaled_dot_product_attention(q, k, v),
+        "eager": lambda: attention_ref(q, k, v),
+    }
+    if compiled:
+        ref_c = torch.compile(attention_ref)
+        baselines["compiled"] = lambda: ref_c(q, k, v)
+    elems = batch * heads * TOKENS * head_dim
+    nbytes = 4 * elems * q.element_size()
+    flops = 4 * elems * TOKENS
+    return measure(
+        "attention",
+        f"{heads}x{head_dim} N={TOKENS}",
+        batch,
+        dtype,
+        lambda: fused_attention(q, k, v),
+        baselines,
+        floor_us(nbytes, flops, dtype, peaks),
+    )
+
+
+def measure(
+    kernel: str,
+    shape: str,
+    batch: int,
+    dtype: torch.dtype,
+    fn: Callable[[], object],
+    baselines: dict[str, Callable[[], object]],
+    floor: float | None,
+) -> Row:
+    row = Row(kernel, shape, batch, str(dtype).removeprefix("torch."), time_us(fn), floor_us=floor)
+    for name, base in baselines.items():
+        row.baselines_us[name] = time_us(base)
+    return row
+
+
+def format_rows(rows: list[Row]) -> list[str]:
+    lines = []
+    for r in rows:
+        cols = [f"{r.kernel:<13}{r.shape:<24}B={r.batch:<3}{r.dtype:<9}kernel {r.kernel_us:8.1f} us"]
+        for name, t in r.baselines_us.items():
+            cols.append(f"{name} {t:8.1f} us ({t / r.kernel_us:5.2f}x)")
+        frac = r.floor_fraction
+        cols.append("floor n/a" if frac is None else f"floor {r.floor_us:6.1f} us ({frac:4.0%} reached)")
+        lines.append(" | ".join(cols))
+    return lines
+
+
+def check_targets(rows: list[Row]) -> list[str]:
+    lines = []
+    for kernel, baseline, ratio, at_batch in TARGETS:
+        for r in rows:
+            if r.kernel != kernel or (at_batch is not None and r.batch != at_batch):
+                continue
+            got = r.baselines_us[baseline] / r.kernel_us
+            verdict = "met" if got >= ratio else "MISSED"
+            lines.append(
+                f"target {kernel} {r.shape} B={r.batch} {r.dtype}: >= {ratio:g}x {baseline}, "
+                f"got {got:.2f}x: {verdict}"
+            )
+    for r in rows:
+        frac = r.floor_fraction
+        if frac is not None and frac < FLOOR_TARGET:
+            lines.append(
+                f"target within 2x of floor: {r.kernel} {r.shape} B={r.batch} {r.dtype} at {frac:.0%}: MISSED"
+            )
+    return lines
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m daefr.kernels.bench",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--batches", default="1,8,32", help="faces per batch, comma-separated")
+    parser.add_argument("--dtypes", default="float16,float32", help="float16, bfloat16, float32")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
+    parser.add_argument("--out", default=None, help="also write the report here (.json: JSON, else text)")
+    args = parser.parse_args(argv)
+    try:
+        args.batches = [int(b) for b in args.batches.split(",")]
+        args.dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
+    except (ValueError, AttributeError) as err:
+        parser.error(f"bad --batches/--dtypes: {err}")
+    if any(b < 1 for b in args.batches) or any(
+        d not in (torch.float16, torch.bfloat16, torch.float32) for d in args.dtypes
+    ):
+        parser.error("batches must be >= 1 and dtypes among float16, bfloat16, float32")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print(
+            "daefr.kernels.bench: no CUDA GPU (torch.cuda.is_available() is False); nothing measured",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        import triton
+    except ImportError:
+        print("daefr.kernels.bench: Triton is not installed: pip install daefr[triton]", file=sys.stderr)
+        return 2
+    peaks = device_peaks()
+    compiled = not args.no_compile
+    rows: list[Row] = []
+    for dtype in args.dtypes:
+        for batch in args.batches:
+            rows.append(bench_nearest_code(batch, dtype, peaks, compiled))
+            rows.append(bench_code_head(batch, dtype, peaks, compiled))
+            for heads, head_dim in ((8, 32), (8, 64), (1, 512)):
+                rows.append(bench_attention(batch, heads, head_dim, dtype, peaks, compiled))
+    name, bw, half, fp32 = peaks
+    meta = {
+        "device": name,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "peak_hbm_bytes_per_s": bw,
+        "peak_half_flops": half,
+        "peak_fp32_flops": fp32,
+    }
+    header = [f"{k}: {v}" for k, v in meta.items()]
+    text = "\n".join([*header, "", *format_rows(rows), "", *check_targets(rows)]) + "\n"
+    print(text, end="")
+    if args.out:
+        if args.out.endswith(".json"):
+            payload = {
+                "meta": meta,
+                "rows": [asdict(r) | {"floor_fraction": r.floor_fraction} for r in rows],
+                "targets": check_targets(rows),
+            }
+            atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
+        else:
+            atomic_write_text(args.out, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
