@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from daefr.model import DAEFR
 from daefr.runtime.report.faces import ReportFace, report_faces, to_batch
 from daefr.runtime.report.measure import Measurement, measure, stage_inputs
 from daefr.runtime.report.variants import Variant, eager_variants, ort_variants, trt_variants
-
-from daefr.model import DAEFR
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,6 @@ import logging
 import sys
 from pathlib import Path
 
-from daefr.runtime.report.build import ReportConfig, collect
-from daefr.runtime.report.html import render
-
 from daefr.atomic import atomic_write_text
 from daefr.checkpoint import CheckpointError
 from daefr.cli.common import (
@@ -24,6 +21,8 @@ from daefr.cli.common import (
     build_model,
     setup_logging,
 )
+from daefr.runtime.report.build import ReportConfig, collect
+from daefr.runtime.report.html import render
 
 log = logging.getLogger("daefr.report")
 

@@ -8,10 +8,10 @@ import json
 import math
 
 import numpy as np
-from daefr.runtime.report import plots
-from daefr.runtime.report.build import ReportData
 
 from daefr.image_io import tensor_to_rgb
+from daefr.runtime.report import plots
+from daefr.runtime.report.build import ReportData
 
 DIFF_GAIN = 10  # the difference images are |backend - eager| amplified this much
 GRID_FACES = 3

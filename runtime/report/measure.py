@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+
 from daefr.runtime.report.metrics import Accuracy, accuracy, relative_error
 from daefr.runtime.report.variants import STAGE_GRAPHS, Variant
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from daefr.runtime.backends import BackendUnavailable, Restorer, create_restorer
 
 from daefr.model import DAEFR
+from daefr.runtime.backends import BackendUnavailable, Restorer, create_restorer
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ def ort_variants(model: DAEFR, device: torch.device, work_dir: Path) -> list[Var
 
     try:
         import onnxruntime as ort
+
         from daefr.export.onnx_export import export_graph
     except ImportError as err:
         return [Variant("ort fp32", "ort", "fp32", str(device), skipped=f"not installed: {err}")]

@@ -10,9 +10,10 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
 from daefr.runtime.report import cli
 from daefr.runtime.report.metrics import accuracy, psnr, ssim
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [
@@ -78,10 +79,10 @@ def test_report_numbers_match_an_independent_computation(tiny_report, tmp_path):
     assert summary["weights"]["kind"] == "random"
     # Recompute the ORT row from scratch: same faces, same seeded weights, our own session.
     import onnxruntime as ort
-    from daefr.export.onnx_export import export_graph
-    from daefr.runtime.report.faces import report_faces, to_batch
 
     from daefr import DAEFR, DAEFRConfig
+    from daefr.export.onnx_export import export_graph
+    from daefr.runtime.report.faces import report_faces, to_batch
     from daefr.seeded_weights import seed_model_
 
     model = seed_model_(DAEFR(DAEFRConfig.from_name("tiny")), salt="daefr-random-0").eval()

