@@ -110,3 +110,12 @@ def test_unaligned_photo_gets_its_face_restored_and_the_rest_kept(tmp_path, tiny
     # The face (upper middle of the portrait) changed; the bottom-right corner did not.
     assert changed[80:200, 170:300].mean() > 0.5
     assert not changed[400:, 400:].any()
+
+
+def test_outputs_get_normal_file_permissions(tmp_path):
+    from daefr.atomic import atomic_write_text
+
+    target = tmp_path / "report.json"
+    atomic_write_text(target, "{}")
+    assert target.read_text() == "{}"
+    assert target.stat().st_mode & 0o044, "outputs must be readable by others, as with open()"

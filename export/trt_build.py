@@ -1,0 +1,247 @@
+"""TensorRT engines from the exported ONNX graphs; TensorRT and Polygraphy are imported lazily.
+
+Untested on this project's machines: neither the CI machine nor the lent GPU machine has
+TensorRT (its wheel downloads from an unreachable index). Every API used here was checked
+against the TensorRT 10.x/11 Python documentation:
+
+- networks are **strongly typed** (TensorRT 11: always; 10.x: ``STRONGLY_TYPED`` flag), so
+  precision comes from the ONNX and ``precision.POLICY`` is the only place it is decided; the
+  weak-typing flags (``BuilderFlag.FP16``, layer precisions) are gone in 11 and not needed on
+  10.x either, since the FP16 ONNX already carries its FP32 islands;
+- one optimisation profile for the dynamic batch axis (min 1, opt and max from the caller);
+- a timing cache file, loaded and saved around each build (specific to GPU, CUDA and TRT
+  version, which the cache file name includes);
+- build progress through ``IProgressMonitor`` where the bindings have it;
+- an engine cache keyed by the ONNX sha256, TensorRT version, GPU name and compute
+  capability and every build flag, so a stale engine is never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from daefr.atomic import atomic_write_bytes
+from daefr.export.manifest import sha256_file
+
+log = logging.getLogger(__name__)
+
+TRT_MISSING = (
+    "TensorRT is not installed (pip install 'daefr[trt]' on an NVIDIA machine; "
+    "it cannot be installed on this project's CI or lent GPU machines)"
+)
+NO_GPU = "no NVIDIA GPU is visible (torch.cuda.is_available() is False)"
+WORKSPACE_BYTES = 4 << 30
+
+
+class EngineBuildError(RuntimeError):
+    """TensorRT could not parse or build; the message names the ONNX file and the reason."""
+
+
+def trt_unavailable_reason() -> str | None:
+    """Why engines cannot be built here, or None when TensorRT and a GPU are present."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return TRT_MISSING
+    if not torch.cuda.is_available():
+        return NO_GPU
+    return None
+
+
+def gpu_identity() -> dict[str, str]:
+    """Name and compute capability of the current CUDA device (part of the engine key)."""
+    major, minor = torch.cuda.get_device_capability()
+    return {"gpu": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What one engine is built from and with; every field is part of its cache key."""
+
+    graph: str
+    onnx_sha256: str
+    min_batch: int
+    opt_batch: int
+    max_batch: int
+    fp16: bool
+    plugins: bool
+    workspace_bytes: int = WORKSPACE_BYTES
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError(
+                f"batch profile must satisfy 1 <= min <= opt <= max, got "
+                f"{self.min_batch}/{self.opt_batch}/{self.max_batch}"
+            )
+
+
+def engine_key(spec: EngineSpec, trt_version: str, gpu: Mapping[str, str]) -> str:
+    """sha256 over the spec, the TensorRT version and the GPU: equal keys, same engine."""
+    payload = json.dumps({"spec": asdict(spec), "tensorrt": trt_version, **gpu}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    path: Path
+    key: str
+    cached: bool
+    seconds: float
+
+    def manifest_entry(self, spec: EngineSpec, trt_version: str, gpu: Mapping[str, str]) -> dict[str, Any]:
+        return {
+            "graph": spec.graph,
+            "file": self.path.name,
+            "bytes": self.path.stat().st_size,
+            "sha256": sha256_file(self.path),
+            "key": self.key,
+            "tensorrt": trt_version,
+            **gpu,
+            "fp16": spec.fp16,
+            "plugins": spec.plugins,
+            "profile": {"min": spec.min_batch, "opt": spec.opt_batch, "max": spec.max_batch},
+            "onnx_sha256": spec.onnx_sha256,
+        }
+
+
+def _progress_monitor(trt: Any) -> Any | None:
+    """A logging IProgressMonitor (TensorRT >= 10), or None on bindings without it."""
+    if not hasattr(trt, "IProgressMonitor"):
+        return None
+
+    class LogProgress(trt.IProgressMonitor):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            log.debug(
+                "TensorRT phase %s (%d steps)%s",
+                phase_name,
+                num_steps,
+                f" in {parent_phase}" if parent_phase else "",
+            )
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name: str) -> None:
+            log.debug("TensorRT phase %s done", phase_name)
+
+    return LogProgress()
+
+
+def build_engine(
+    onnx_path: Path, spec: EngineSpec, out_dir: Path, timing_cache: Path | None = None
+) -> EngineResult:
+    """Build (or reuse) the engine for ``onnx_path``; written atomically as
+    ``{graph}.{key[:16]}.engine`` in ``out_dir``. ``spec.plugins`` registers our AOT plugins
+    first (``plugins.register_plugins``)."""
+    import tensorrt as trt
+
+    gpu = gpu_identity()
+    key = engine_key(spec, trt.__version__, gpu)
+    path = Path(out_dir) / f"{spec.graph}.{key[:16]}.engine"
+    if path.is_file():
+        log.info("engine %s: cached (key %s)", path.name, key[:16])
+        return EngineResult(path, key, True, 0.0)
+    if sha256_file(onnx_path) != spec.onnx_sha256:
+        raise EngineBuildError(f"{onnx_path}: sha256 differs from the spec; re-export before building")
+    if spec.plugins:
+        from daefr.export.plugins import register_plugins
+
+        register_plugins()
+    start = time.perf_counter()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if int(trt.__version__.split(".")[0]) < 11:  # 11: strongly typed always, the flag is deprecated
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    if spec.plugins and hasattr(trt.NetworkDefinitionCreationFlag, "PREFER_AOT_PYTHON_PLUGINS"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if hasattr(trt, "OnnxParserFlag") and hasattr(trt.OnnxParserFlag, "NATIVE_INSTANCENORM"):
+        parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"{onnx_path}: TensorRT could not parse it: {errors}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_bytes)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        rest = tuple(tensor.shape)[1:]
+        profile.set_shape(
+            tensor.name, (spec.min_batch, *rest), (spec.opt_batch, *rest), (spec.max_batch, *rest)
+        )
+    config.add_optimization_profile(profile)
+    cache_blob = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
+    cache = config.create_timing_cache(cache_blob)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    monitor = _progress_monitor(trt)
+    if monitor is not None:
+        config.progress_monitor = monitor
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(f"{onnx_path}: TensorRT build failed (see the TensorRT log above)")
+    atomic_write_bytes(path, bytes(serialized))
+    if timing_cache is not None:
+        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return EngineResult(path, key, False, time.perf_counter() - start)
+
+
+def timing_cache_path(out_dir: Path) -> Path:
+    """One timing cache per TensorRT version and GPU (it is invalid across either)."""
+    import tensorrt as trt
+
+    gpu = gpu_identity()
+    tag = f"{trt.__version__}-sm{gpu['compute_capability'].replace('.', '')}"
+    return Path(out_dir) / f"timing-{tag}.cache"
+
+
+def compare_backends(
+    engine_path: Path,
+    onnx_path: Path,
+    feed: Mapping[str, np.ndarray],
+    eager: Mapping[str, np.ndarray],
+) -> dict[str, dict[str, dict[str, float]]]:
+    """TensorRT vs ONNX Runtime vs eager through Polygraphy's runners, per output:
+    ``{"trt_vs_eager": {name: stats}, "trt_vs_onnxrt": ..., "onnxrt_vs_eager": ...}`` where
+    stats are ``parity.error_stats`` for floats and ``{"agreement": ...}`` for code indices."""
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    from daefr.export.parity import error_stats
+
+    with TrtRunner(EngineFromBytes(BytesFromPath(str(engine_path)))) as trt_runner:
+        trt_out = {k: np.asarray(v) for k, v in trt_runner.infer(dict(feed)).items()}
+    with OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["CPUExecutionProvider"])) as ort_runner:
+        ort_out = {k: np.asarray(v) for k, v in ort_runner.infer(dict(feed)).items()}
+
+    def stats(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+        result = {}
+        for name, w in want.items():
+            g = got[name]
+            if np.issubdtype(w.dtype, np.integer):
+                result[name] = {"agreement": float((g.astype(np.int64) == w.astype(np.int64)).mean())}
+            else:
+                result[name] = error_stats(g, w)
+        return result
+
+    return {
+        "trt_vs_eager": stats(trt_out, eager),
+        "trt_vs_onnxrt": stats(trt_out, ort_out),
+        "onnxrt_vs_eager": stats(ort_out, eager),
+    }
