@@ -93,10 +93,8 @@ def _validate(args: argparse.Namespace) -> list[str]:
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from daefr.checkpoint import CheckpointError, load_model
-    from daefr.config import DAEFRConfig
+    from daefr.cli.common import random_model
     from daefr.export.manifest import sha256_file
-    from daefr.model import DAEFR
-    from daefr.seeded_weights import seed_model_
 
     if args.ckpt is not None:
         try:
@@ -110,9 +108,7 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     log.warning(
         "RANDOM weights (seed %d): the artifacts restore nothing; pass --ckpt for real engines", args.seed
     )
-    model = seed_model_(
-        DAEFR(DAEFRConfig.from_name(args.preset)), salt=f"daefr-export-random-{args.seed}"
-    ).eval()
+    model = random_model(args.preset, args.seed)
     return model, {
         "source": "random",
         "seed": args.seed,

@@ -21,10 +21,10 @@ from daefr.cli.common import (
     EXIT_USAGE,
     UsageError,
     add_logging_flags,
+    add_model_flags,
     build_model,
     setup_logging,
 )
-from daefr.config import PRESETS
 from daefr.runtime.backends import (
     BACKENDS,
     BackendError,
@@ -47,21 +47,7 @@ def default_detect_workers() -> int:
 
 def add_restorer_flags(parser: argparse.ArgumentParser) -> None:
     """Weights, backend and device flags shared by daefr-video and daefr-bench."""
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--ckpt", help="official DAEFR_model.ckpt, a state_dict .pth or .safetensors")
-    weights.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="seeded random weights: a pipeline/speed test only, the faces are NOT restored",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
-    parser.add_argument("--preset", default="official", choices=sorted(PRESETS), help="model size")
-    parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
-    )
-    parser.add_argument(
-        "--impl", default="torch", choices=("torch", "triton"), help="kernels of the torch backend"
-    )
+    add_model_flags(parser, weights_required=False)
     parser.add_argument(
         "--onnx", type=Path, help="ort backend: the end-to-end daefr ONNX (else exported from the weights)"
     )

@@ -30,8 +30,9 @@ def setup_logging(args: argparse.Namespace) -> None:
     logging.getLogger("daefr").setLevel(level)
 
 
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    weights = parser.add_mutually_exclusive_group(required=True)
+def add_model_flags(parser: argparse.ArgumentParser, weights_required: bool = True) -> None:
+    """--ckpt | --random-weights, --seed, --preset, --device, --impl."""
+    weights = parser.add_mutually_exclusive_group(required=weights_required)
     weights.add_argument("--ckpt", help="official DAEFR_model.ckpt, a state_dict .pth or .safetensors")
     weights.add_argument(
         "--random-weights",
@@ -40,8 +41,12 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
     parser.add_argument("--preset", default="official", choices=sorted(PRESETS), help="model size")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    parser.add_argument("--impl", default="torch", choices=("torch", "triton"), help="attention/quantizer kernels")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
+    )
+    parser.add_argument(
+        "--impl", default="torch", choices=("torch", "triton"), help="attention/quantizer kernels"
+    )
 
 
 def build_model(args: argparse.Namespace) -> DAEFR:
@@ -54,10 +59,16 @@ def build_model(args: argparse.Namespace) -> DAEFR:
         raise UsageError("--device cuda: no CUDA device is available on this machine")
     if args.ckpt:
         return load_model(args.ckpt, args.preset, impl=args.impl, device=device)
-    model = DAEFR(DAEFRConfig.from_name(args.preset), impl=args.impl)
     logging.getLogger(__name__).warning(
         "using seeded RANDOM weights (seed %d): the output is not a restoration; "
         "pass --ckpt with the official DAEFR checkpoint for real results",
         args.seed,
     )
-    return seed_model_(model, salt=f"daefr-random-{args.seed}").eval().to(device)
+    return random_model(args.preset, args.seed, impl=args.impl).to(device)
+
+
+def random_model(preset: str, seed: int, impl: str = "torch") -> DAEFR:
+    """The seeded random-weights model every CLI builds for ``--random-weights --seed N``
+    (the same N gives the same weights in daefr-restore, -export, -video and -report)."""
+    model = DAEFR(DAEFRConfig.from_name(preset), impl=impl)
+    return seed_model_(model, salt=f"daefr-random-{seed}").eval()
