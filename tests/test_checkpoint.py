@@ -35,7 +35,11 @@ def test_inference_model_has_the_703_inference_keys(official_manifest):
     assert sum(p.numel() for p in model.parameters()) == 122_142_083
 
 
-LIGHTNING_MODULES = ("pytorch_lightning", "pytorch_lightning.utilities", "pytorch_lightning.utilities.parsing")
+LIGHTNING_MODULES = (
+    "pytorch_lightning",
+    "pytorch_lightning.utilities",
+    "pytorch_lightning.utilities.parsing",
+)
 
 
 def _save_lightning_checkpoint(path: Path, state: dict[str, torch.Tensor]) -> None:

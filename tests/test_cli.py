@@ -31,7 +31,9 @@ def tiny_ckpt(tmp_path, tiny_model):
 
 def test_restore_folder_writes_one_png_per_face(faces, tiny_ckpt, tiny_model, tmp_path, caplog):
     out = tmp_path / "out"
-    code = restore.main([str(faces), "-o", str(out), "--ckpt", str(tiny_ckpt), "--preset", "tiny", "--batch-size", "3"])
+    code = restore.main(
+        [str(faces), "-o", str(out), "--ckpt", str(tiny_ckpt), "--preset", "tiny", "--batch-size", "3"]
+    )
     assert code == 0
     written = sorted(p.name for p in out.iterdir())
     assert written == ["face0.png", "face1.png", "face2.png", "odd_size.png"]
@@ -40,7 +42,9 @@ def test_restore_folder_writes_one_png_per_face(faces, tiny_ckpt, tiny_model, tm
     rgb = np.asarray(Image.open(faces / "face1.png"))
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1
     with torch.no_grad():
-        expected = ((tiny_model(x).restored[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        expected = (
+            ((tiny_model(x).restored[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        )
     got = np.asarray(Image.open(out / "face1.png"))
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
 
@@ -64,7 +68,9 @@ def test_random_weights_run_is_labelled(faces, tmp_path, caplog):
 
 
 def test_mismatched_checkpoint_is_exit_2(faces, tiny_ckpt, tmp_path, capsys):
-    code = restore.main([str(faces), "-o", str(tmp_path / "o"), "--ckpt", str(tiny_ckpt), "--preset", "official"])
+    code = restore.main(
+        [str(faces), "-o", str(tmp_path / "o"), "--ckpt", str(tiny_ckpt), "--preset", "official"]
+    )
     assert code == 2
     assert "does not match the DAEFR model" in capsys.readouterr().err
 
@@ -102,7 +108,16 @@ def test_unaligned_photo_gets_its_face_restored_and_the_rest_kept(tmp_path, tiny
     photo = data.astronaut()
     Image.fromarray(photo).save(tmp_path / "astronaut.png")
     out = tmp_path / "out"
-    argv = [str(tmp_path / "astronaut.png"), "-o", str(out), "--ckpt", str(tiny_ckpt), "--preset", "tiny", "--unaligned"]
+    argv = [
+        str(tmp_path / "astronaut.png"),
+        "-o",
+        str(out),
+        "--ckpt",
+        str(tiny_ckpt),
+        "--preset",
+        "tiny",
+        "--unaligned",
+    ]
     assert restore.main(argv) == 0
     restored = np.asarray(Image.open(out / "astronaut.png")).astype(int)
     assert restored.shape == photo.shape
