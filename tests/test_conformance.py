@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -52,3 +54,15 @@ def test_restored_image_matches_the_original(official_outputs, reference_dir):
 def test_argmax_of_logits_is_the_code(official_outputs):
     logits = official_outputs["logits"]
     assert torch.equal(logits.argmax(-1), official_outputs["result"].code_idx)
+
+
+def test_vendored_reference_is_the_shared_one(reference_dir):
+    # The team's copy sits beside the checkout (shared/reference) where there is one.
+    shared_reference = Path(__file__).resolve().parents[2] / "shared" / "reference"
+    if not shared_reference.is_dir():
+        pytest.skip(f"no shared reference at {shared_reference} to compare the vendored copy with")
+    shared = sorted(p.relative_to(shared_reference) for p in shared_reference.rglob("*") if p.is_file())
+    vendored = sorted(p.relative_to(reference_dir) for p in reference_dir.rglob("*") if p.is_file())
+    assert vendored == shared
+    for rel in shared:
+        assert (reference_dir / rel).read_bytes() == (shared_reference / rel).read_bytes(), rel
