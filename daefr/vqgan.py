@@ -104,6 +104,14 @@ class Level(nn.Module):
         self.block = nn.ModuleList()
         self.attn = nn.ModuleList()
 
+    def run_blocks(self, h: torch.Tensor) -> torch.Tensor:
+        """Each resnet block, followed by its attention block where the level has them."""
+        for i_block, block in enumerate(self.block):
+            h = block(h)
+            if len(self.attn) > 0:
+                h = self.attn[i_block](h)
+        return h
+
 
 class Encoder(nn.Module):
     """(B, 3, R, R) in [-1, 1] -> (B, z_channels, R/2^(L-1), R/2^(L-1))."""
@@ -139,10 +147,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         for level in self.down:
-            for i_block, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn) > 0:
-                    h = level.attn[i_block](h)
+            h = level.run_blocks(h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
@@ -183,10 +188,7 @@ class Decoder(nn.Module):
         h = self.conv_in(z)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         for level in reversed(self.up):
-            for i_block, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn) > 0:
-                    h = level.attn[i_block](h)
+            h = level.run_blocks(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
