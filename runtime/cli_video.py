@@ -196,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         "%d frames, %.1f frames/s; latency p50 %.1f ms, p95 %.1f ms, p99 %.1f ms; stats in %s",
         stats.frames, stats.fps, lat.get("p50", 0), lat.get("p95", 0), lat.get("p99", 0), stats_path,
     )  # fmt: skip
+    if stats.code_stability is not None:
+        log.info(
+            "temporal stability: %.1f %% of codes unchanged between adjacent one-face frames (%d pairs)",
+            100 * stats.code_stability, stats.code_stability_pairs,
+        )  # fmt: skip
     return EXIT_OK
 
 

@@ -87,6 +87,11 @@ class VideoStats:
     latency_ms: dict[str, float] = field(default_factory=dict)
     stage_s: dict[str, float] = field(default_factory=dict)
     video: dict[str, object] = field(default_factory=dict)
+    # Temporal stability: the share of code indices that stay the same between adjacent frames
+    # that both show exactly one face (None when no such pair exists). A still face should
+    # keep its codes; flicker shows up here first.
+    code_stability: float | None = None
+    code_stability_pairs: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -116,6 +121,7 @@ class _Frame:
     faces: list[Face] = field(default_factory=list)
     matrices: list[np.ndarray] = field(default_factory=list)
     crops: np.ndarray | None = None  # (F, R, R, 3) uint8, aligned, then restored
+    codes: np.ndarray | None = None  # (F, N) int64 code indices of the restored faces
 
 
 @dataclass
@@ -168,6 +174,8 @@ class _Pipeline:
         self.latencies: list[float] = []
         self.stats = VideoStats()
         self.decoded_count = 0
+        self._last_codes: np.ndarray | None = None
+        self._equal_codes = self._compared_codes = 0
 
     def add_time(self, stage: str, seconds: float) -> None:
         with self._stage_lock:  # several detect workers add to the same key
@@ -297,21 +305,38 @@ class _Pipeline:
             if n_faces:
                 self._restore_batch([p for p in pending if _n_faces(p)])
             for p in pending:
+                self._track_code_stability(p)
                 self.put(self.restored, p)
         self.put(self.restored, _END)
+
+    def _track_code_stability(self, item: object) -> None:
+        """Frames arrive here in stream order; compare each single-face frame with the last."""
+        if not isinstance(item, _Frame):
+            return  # audio packets do not break a run of frames
+        codes = item.codes[0] if item.codes is not None and len(item.codes) == 1 else None
+        if codes is not None and self._last_codes is not None:
+            self._equal_codes += int((codes == self._last_codes).sum())
+            self._compared_codes += codes.size
+            self.stats.code_stability_pairs += 1
+            self.stats.code_stability = self._equal_codes / self._compared_codes
+        self._last_codes = codes
 
     def _restore_batch(self, frames: list[_Frame]) -> None:
         t0 = time.perf_counter()
         crops = np.concatenate([f.crops for f in frames])
         out = np.empty_like(crops)
+        codes = []
         bs = self.options.batch_size
         with torch.inference_mode():
             for start in range(0, len(crops), bs):
-                restored, _ = self.restorer.restore(crops_to_batch(crops[start : start + bs]))
+                restored, code_idx = self.restorer.restore(crops_to_batch(crops[start : start + bs]))
                 out[start : start + bs] = batch_to_crops(restored)
+                codes.append(code_idx.cpu().numpy())
                 self.stats.batches += 1
+        all_codes = np.concatenate(codes)
         offset = 0
         for f in frames:
+            f.codes = all_codes[offset : offset + len(f.crops)]
             f.crops = out[offset : offset + len(f.crops)]
             offset += len(f.crops)
         self.add_time("restore", time.perf_counter() - t0)

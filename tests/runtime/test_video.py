@@ -93,6 +93,11 @@ def test_video_lossless_every_face_frame_changes_and_no_face_frames_pass_unchang
     assert set(stats["latency_ms"]) >= {"p50", "p95", "p99"}
     assert stats["video"]["backend"] == "ort" and stats["weights"].endswith(".onnx")
     assert stats["video"]["detect_workers"] == 2
+    # Adjacent pairs of one-face frames: every neighbour pair except those touching NO_FACE.
+    single_face = [i not in NO_FACE for i in range(N_FRAMES)]
+    pairs = sum(single_face[i] and single_face[i + 1] for i in range(N_FRAMES - 1))
+    assert stats["code_stability_pairs"] == pairs
+    assert 0.0 <= stats["code_stability"] <= 1.0
 
 
 def test_video_mp4_h264_aac_with_smoothing_keeps_count_rate_duration_audio(mp4_clip, tmp_path):
@@ -166,3 +171,23 @@ def test_missing_input_and_unavailable_backend_exit_2(mp4_clip, tmp_path, capsys
     assert rc == 2
     assert "trt backend:" in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_code_stability_counts_equal_codes_between_adjacent_single_face_frames():
+    from daefr.runtime.video import VideoStats, _Frame, _Packet, _Pipeline
+
+    pipeline = _Pipeline.__new__(_Pipeline)  # only the stability bookkeeping is exercised
+    pipeline.stats, pipeline._last_codes = VideoStats(), None
+    pipeline._equal_codes = pipeline._compared_codes = 0
+    base = np.zeros((1, 8), np.int64)
+    changed = base.copy()
+    changed[0, :2] = 1
+    two_faces = np.zeros((2, 8), np.int64)
+    sequence = [base, base, _Packet(0, None), changed, None, base, two_faces, base]
+    for seq, codes in enumerate(sequence):
+        item = codes if isinstance(codes, _Packet) else _Frame(seq, frame=None, codes=codes)
+        pipeline._track_code_stability(item)
+    # Pairs: (base, base) 8/8 across nothing, (base, changed) 6/8 across an audio packet;
+    # the no-face frame and the two-face frame break the runs.
+    assert pipeline.stats.code_stability_pairs == 2
+    assert pipeline.stats.code_stability == pytest.approx(14 / 16)
