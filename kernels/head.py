@@ -16,23 +16,11 @@ from ._launch import (
     check_dtypes,
     check_rank,
     dot_precision,
-    interpreting,
     upcast,
 )
+from ._tiles import codebook_tile_configs
 
-if interpreting():
-    _CONFIGS = [triton.Config({"BLOCK_M": 128, "BLOCK_K": 128, "BLOCK_C": 128})]
-else:
-    _CONFIGS = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_C": bc}, num_warps=w, num_stages=s)
-        for bm, bk, bc, w, s in [
-            (16, 64, 128, 4, 2),
-            (32, 64, 64, 4, 3),
-            (64, 64, 64, 4, 3),
-            (64, 128, 64, 8, 3),
-            (128, 64, 64, 8, 3),
-        ]
-    ]
+_CONFIGS = codebook_tile_configs("BLOCK_C", interpreter_inner=128)
 
 
 @triton.autotune(configs=_CONFIGS, key=["M", "C", "K", "STORE_LOGITS", "DOT_PRECISION"])

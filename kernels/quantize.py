@@ -16,24 +16,11 @@ from ._launch import (
     check_dtypes,
     check_rank,
     dot_precision,
-    interpreting,
     upcast,
 )
+from ._tiles import codebook_tile_configs
 
-if interpreting():
-    # The interpreter accepts one config only; big tiles mean fewer (slow) Python steps.
-    _CONFIGS = [triton.Config({"BLOCK_M": 128, "BLOCK_K": 128, "BLOCK_D": 64})]
-else:
-    _CONFIGS = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_D": bd}, num_warps=w, num_stages=s)
-        for bm, bk, bd, w, s in [
-            (16, 64, 128, 4, 2),
-            (32, 64, 64, 4, 3),
-            (64, 64, 64, 4, 3),
-            (64, 128, 64, 8, 3),
-            (128, 64, 64, 8, 3),
-        ]
-    ]
+_CONFIGS = codebook_tile_configs("BLOCK_D", interpreter_inner=64)
 
 
 @triton.autotune(configs=_CONFIGS, key=["M", "K", "D", "DOT_PRECISION"])

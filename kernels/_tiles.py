@@ -1,0 +1,27 @@
+"""Autotune configs of the kernels that walk the codebook in tiles (quantizer, code head)."""
+
+from __future__ import annotations
+
+import triton
+
+from ._launch import interpreting
+
+# (BLOCK_M tokens, BLOCK_K codes, inner block over the channels, num_warps, num_stages)
+GPU_TILES: list[tuple[int, int, int, int, int]] = [
+    (16, 64, 128, 4, 2),
+    (32, 64, 64, 4, 3),
+    (64, 64, 64, 4, 3),
+    (64, 128, 64, 8, 3),
+    (128, 64, 64, 8, 3),
+]
+
+
+def codebook_tile_configs(inner: str, interpreter_inner: int) -> list[triton.Config]:
+    """Configs over (BLOCK_M, BLOCK_K, ``inner``). The interpreter accepts one config only, and
+    big tiles mean fewer of its (slow) Python steps: 128 x 128 x ``interpreter_inner`` there."""
+    if interpreting():
+        return [triton.Config({"BLOCK_M": 128, "BLOCK_K": 128, inner: interpreter_inner})]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_K": bk, inner: bi}, num_warps=w, num_stages=s)
+        for bm, bk, bi, w, s in GPU_TILES
+    ]
