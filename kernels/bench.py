@@ -12,7 +12,11 @@ use exact fp32 products (no tensor cores), so their FLOP peak is the CUDA-core f
 Times come from ``triton.testing.do_bench`` (CUDA events, L2 flushed between runs) and include
 the Python launch overhead of each call, which dominates at B = 1.
 
-Exit status: 0 measured; 2 no CUDA GPU or no Triton (one line on stderr), or bad arguments.
+Before timing, each kernel's output on the very inputs it is timed on is checked against a
+float64 reference with the rules of ``kernels/tolerances.py`` (a fast wrong kernel is no result).
+
+Exit status: 0 measured and checked; 1 measured but a check failed; 2 no CUDA GPU or no Triton
+(one line on stderr), or bad arguments.
 ``--out PATH`` writes the report atomically, as JSON if PATH ends in .json, else as the text
 table, with the device name, torch/triton/CUDA versions and the date.
 """
@@ -30,6 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from daefr.atomic import atomic_write_text
+from daefr.kernels.tolerances import (
+    ATTENTION_ERROR_FLOOR,
+    CODE_HEAD_LOGIT_EPS,
+    ERROR_RATIO,
+    NEAREST_CODE_DIST_RTOL,
+)
 
 TOKENS = 256  # N, tokens per face
 # device-name substring -> (HBM bytes/s, fp16/bf16 tensor-core FLOP/s, fp32 CUDA-core FLOP/s)
@@ -56,6 +66,8 @@ class Row:
     batch: int
     dtype: str
     kernel_us: float
+    check_passed: bool  # the kernel's output on the timed inputs, against float64 (tests' rule)
+    check_detail: str
     baselines_us: dict[str, float] = field(default_factory=dict)
     floor_us: float | None = None
 
@@ -89,13 +101,52 @@ def time_us(fn: Callable[[], object]) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
 
 
-def bench_nearest_code(batch: int, dtype: torch.dtype, peaks: tuple, compiled: bool) -> Row:
+# -- correctness of what is timed: the rules of kernels/tolerances.py, against float64 --------
+
+
+def check_nearest_code(z: torch.Tensor, codebook: torch.Tensor, idx: torch.Tensor) -> tuple[bool, str]:
+    zd, cd = z.double(), codebook.double()
+    dist = torch.cdist(zd, cd) ** 2
+    terms = zd.pow(2).sum(1) + cd.pow(2).sum(1).max()
+    excess = dist.gather(1, idx[:, None])[:, 0] - dist.min(1).values
+    ok = excess <= NEAREST_CODE_DIST_RTOL[z.dtype] * terms
+    return bool(
+        ok.all()
+    ), f"nearest code (up to near ties) for {ok.double().mean():.2%} of {ok.numel()} tokens"
+
+
+def check_code_head(args: tuple, idx: torch.Tensor) -> tuple[bool, str]:
+    from daefr.kernels.head import code_head_ref
+
+    dtype = args[0].dtype
+    _, _, logits64 = code_head_ref(*(a.double() if isinstance(a, torch.Tensor) else a for a in args))
+    picked = logits64.gather(1, idx[:, None])[:, 0]
+    ok = picked >= logits64.max(1).values - CODE_HEAD_LOGIT_EPS[dtype]
+    return bool(ok.all()), f"top logit (up to near ties) for {ok.double().mean():.2%} of {ok.numel()} tokens"
+
+
+def check_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> tuple[bool, str]:
+    from daefr.kernels.attention import attention_ref
+
+    ref = attention_ref(q.double(), k.double(), v.double())
+    err = (out.double() - ref).abs().max().item()
+    err_torch = (attention_ref(q, k, v).double() - ref).abs().max().item()
+    ok = err <= ERROR_RATIO * err_torch + ATTENTION_ERROR_FLOOR[q.dtype]
+    return ok, f"max error {err:.2e} vs plain PyTorch {err_torch:.2e} (limit {ERROR_RATIO:g}x)"
+
+
+# -- the benchmarks ------------------------------------------------------------------------
+
+
+def bench_nearest_code(
+    batch: int, dtype: torch.dtype, peaks: tuple, compiled: bool, device: str = "cuda"
+) -> Row:
     from daefr.kernels import nearest_code
     from daefr.kernels.quantize import nearest_code_ref
 
     m, k, d = batch * TOKENS, 1024, 256
-    z = torch.randn(m, d, device="cuda", dtype=dtype)
-    codebook = torch.randn(k, d, device="cuda", dtype=dtype)
+    z = torch.randn(m, d, device=device, dtype=dtype)
+    codebook = torch.randn(k, d, device=device, dtype=dtype)
 
     def cdist_argmin_gather() -> torch.Tensor:
         return codebook[torch.cdist(z, codebook).argmin(dim=1)]
@@ -112,23 +163,30 @@ def bench_nearest_code(batch: int, dtype: torch.dtype, peaks: tuple, compiled: b
         batch,
         dtype,
         lambda: nearest_code(z, codebook),
+        lambda out: check_nearest_code(z, codebook, out[0]),
         baselines,
         floor_us(nbytes, 2 * m * k * d, dtype, peaks),
     )
 
 
-def bench_code_head(batch: int, dtype: torch.dtype, peaks: tuple, compiled: bool) -> Row:
+def bench_code_head(
+    batch: int, dtype: torch.dtype, peaks: tuple, compiled: bool, device: str = "cuda"
+) -> Row:
     from daefr.kernels import code_head
     from daefr.kernels.head import code_head_ref
 
     m, c, k, d = batch * TOKENS, 512, 1024, 256
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device).to(dtype)
+
     args = (
-        torch.randn(m, c, device="cuda", dtype=dtype),
-        torch.ones(c, device="cuda", dtype=dtype),
-        torch.zeros(c, device="cuda", dtype=dtype),
+        randn(m, c),
+        1 + 0.1 * randn(c),  # LayerNorm weight and bias: random, never ones and zeros
+        0.1 * randn(c),
         1e-5,
-        torch.randn(k, c, device="cuda", dtype=dtype) / c**0.5,
-        torch.randn(k, d, device="cuda", dtype=dtype),
+        randn(k, c) / c**0.5,
+        randn(k, d),
     )
 
     def eager_head(*a: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,18 +205,25 @@ def bench_code_head(batch: int, dtype: torch.dtype, peaks: tuple, compiled: bool
         batch,
         dtype,
         lambda: code_head(*args),
+        lambda out: check_code_head(args, out[0]),
         baselines,
         floor_us(nbytes, 2 * m * k * c, dtype, peaks),
     )
 
 
 def bench_attention(
-    batch: int, heads: int, head_dim: int, dtype: torch.dtype, peaks: tuple, compiled: bool
+    batch: int,
+    heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    peaks: tuple,
+    compiled: bool,
+    device: str = "cuda",
 ) -> Row:
     from daefr.kernels import fused_attention
     from daefr.kernels.attention import attention_ref
 
-    q, k, v = (torch.randn(batch, heads, TOKENS, head_dim, device="cuda", dtype=dtype) for _ in range(3))
+    q, k, v = (torch.randn(batch, heads, TOKENS, head_dim, device=device, dtype=dtype) for _ in range(3))
     baselines = {
         "sdpa": lambda: F.scaled_dot_product_attention(q, k, v),
         "eager": lambda: attention_ref(q, k, v),
@@ -175,6 +240,7 @@ def bench_attention(
         batch,
         dtype,
         lambda: fused_attention(q, k, v),
+        lambda out: check_attention(q, k, v, out),
         baselines,
         floor_us(nbytes, flops, dtype, peaks),
     )
@@ -186,10 +252,14 @@ def measure(
     batch: int,
     dtype: torch.dtype,
     fn: Callable[[], object],
+    check: Callable[[object], tuple[bool, str]],
     baselines: dict[str, Callable[[], object]],
     floor: float | None,
 ) -> Row:
-    row = Row(kernel, shape, batch, str(dtype).removeprefix("torch."), time_us(fn), floor_us=floor)
+    """Check the kernel's output on these inputs first, then time it and each baseline."""
+    passed, detail = check(fn())
+    dtype_name = str(dtype).removeprefix("torch.")
+    row = Row(kernel, shape, batch, dtype_name, time_us(fn), passed, detail, floor_us=floor)
     for name, base in baselines.items():
         row.baselines_us[name] = time_us(base)
     return row
@@ -203,6 +273,7 @@ def format_rows(rows: list[Row]) -> list[str]:
             cols.append(f"{name} {t:8.1f} us ({t / r.kernel_us:5.2f}x)")
         frac = r.floor_fraction
         cols.append("floor n/a" if frac is None else f"floor {r.floor_us:6.1f} us ({frac:4.0%} reached)")
+        cols.append("check ok" if r.check_passed else f"CHECK FAILED: {r.check_detail}")
         lines.append(" | ".join(cols))
     return lines
 
@@ -297,7 +368,10 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
         else:
             atomic_write_text(args.out, text)
-    return 0
+    failed = [r for r in rows if not r.check_passed]
+    for r in failed:
+        print(f"check failed: {r.kernel} {r.shape} B={r.batch} {r.dtype}: {r.check_detail}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
