@@ -222,15 +222,10 @@ def _build_engines(
     each compared with ONNX Runtime and eager (Polygraphy) on the batch-1 parity input."""
     import tensorrt as trt
 
+    from daefr.export.compare import compare_backends
     from daefr.export.graphs import GRAPHS
     from daefr.export.parity import graph_arrays
-    from daefr.export.trt_build import (
-        EngineSpec,
-        build_engine,
-        compare_backends,
-        gpu_identity,
-        timing_cache_path,
-    )
+    from daefr.export.trt_build import EngineSpec, build_engine, gpu_identity, timing_cache_path
 
     want_precision = "fp16" if args.fp16 else "fp32"
     want_variant = "plugins" if args.plugins else "standard"
@@ -253,7 +248,7 @@ def _build_engines(
             graph = GRAPHS[a["graph"]]
             stage = stages[min(stages)]
             feed, eager = graph_arrays(stage, graph.inputs), graph_arrays(stage, graph.outputs)
-            entry["comparison"] = compare_backends(result.path, out / a["file"], feed, eager)
+            entry["comparison"] = compare_backends(out / a["file"], feed, eager, engine_path=result.path)
         engines.append(entry)
     return engines
 

@@ -1,4 +1,4 @@
-"""TensorRT engines from the exported ONNX graphs; TensorRT and Polygraphy are imported lazily.
+"""TensorRT engines from the exported ONNX graphs; TensorRT is imported lazily.
 
 Untested on this project's machines: neither the CI machine nor the lent GPU machine has
 TensorRT (its wheel downloads from an unreachable index). Every API used here was checked
@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from daefr.atomic import atomic_write_bytes
@@ -208,40 +207,3 @@ def timing_cache_path(out_dir: Path) -> Path:
     gpu = gpu_identity()
     tag = f"{trt.__version__}-sm{gpu['compute_capability'].replace('.', '')}"
     return Path(out_dir) / f"timing-{tag}.cache"
-
-
-def compare_backends(
-    engine_path: Path,
-    onnx_path: Path,
-    feed: Mapping[str, np.ndarray],
-    eager: Mapping[str, np.ndarray],
-) -> dict[str, dict[str, dict[str, float]]]:
-    """TensorRT vs ONNX Runtime vs eager through Polygraphy's runners, per output:
-    ``{"trt_vs_eager": {name: stats}, "trt_vs_onnxrt": ..., "onnxrt_vs_eager": ...}`` where
-    stats are ``parity.error_stats`` for floats and ``{"agreement": ...}`` for code indices."""
-    from polygraphy.backend.common import BytesFromPath
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-
-    from daefr.export.parity import error_stats
-
-    with TrtRunner(EngineFromBytes(BytesFromPath(str(engine_path)))) as trt_runner:
-        trt_out = {k: np.asarray(v) for k, v in trt_runner.infer(dict(feed)).items()}
-    with OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["CPUExecutionProvider"])) as ort_runner:
-        ort_out = {k: np.asarray(v) for k, v in ort_runner.infer(dict(feed)).items()}
-
-    def stats(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
-        result = {}
-        for name, w in want.items():
-            g = got[name]
-            if np.issubdtype(w.dtype, np.integer):
-                result[name] = {"agreement": float((g.astype(np.int64) == w.astype(np.int64)).mean())}
-            else:
-                result[name] = error_stats(g, w)
-        return result
-
-    return {
-        "trt_vs_eager": stats(trt_out, eager),
-        "trt_vs_onnxrt": stats(trt_out, ort_out),
-        "onnxrt_vs_eager": stats(ort_out, eager),
-    }

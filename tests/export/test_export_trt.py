@@ -55,11 +55,12 @@ def test_importing_the_export_package_does_not_import_tensorrt():
 
 @pytest.mark.trt
 def test_fp16_engine_matches_onnxruntime_and_eager(export_model, export_stages, tmp_path):
+    from daefr.export.compare import compare_backends
     from daefr.export.graphs import CODE_IDX_DTYPE
     from daefr.export.manifest import sha256_file
     from daefr.export.onnx_export import export_graph
     from daefr.export.parity import FP16_MIN_CODE_AGREEMENT, FP16_RTOL
-    from daefr.export.trt_build import build_engine, compare_backends, timing_cache_path
+    from daefr.export.trt_build import build_engine, timing_cache_path
 
     onnx_path = export_graph(export_model, "daefr", tmp_path / "daefr.fp16.onnx", fp16=True)
     spec = EngineSpec("daefr", sha256_file(onnx_path), 1, 3, 4, fp16=True, plugins=False)
@@ -69,7 +70,7 @@ def test_fp16_engine_matches_onnxruntime_and_eager(export_model, export_stages, 
     stage = export_stages[3]
     feed = {"lq_image": stage["lq_image"].numpy()}
     eager = {"restored": stage["restored"].numpy(), "code_idx": stage["code_idx"].to(CODE_IDX_DTYPE).numpy()}
-    stats = compare_backends(result.path, onnx_path, feed, eager)
+    stats = compare_backends(onnx_path, feed, eager, engine_path=result.path)
     assert stats["trt_vs_eager"]["restored"]["max_rel"] <= FP16_RTOL
     assert stats["trt_vs_eager"]["code_idx"]["agreement"] >= FP16_MIN_CODE_AGREEMENT
     assert np.isfinite(stats["trt_vs_onnxrt"]["restored"]["max_abs"])
