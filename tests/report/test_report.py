@@ -50,6 +50,14 @@ def test_code_agreement_counts_equal_codes():
     assert acc.max_abs_error == pytest.approx(0.5)
 
 
+def test_identical_outputs_plot_above_every_finite_psnr():
+    from daefr.runtime.report.plots import PSNR_CAP_DB, identical_height
+
+    assert identical_height([float("inf"), 28.1]) == PSNR_CAP_DB
+    assert identical_height([float("inf"), 122.0, 28.1]) == 140.0  # ORT fp32 can beat 100 dB
+    assert identical_height([]) == PSNR_CAP_DB
+
+
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
