@@ -94,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         if bars:
             verdict = "PASS" if all(bars.values()) else "FAIL"
             acc = row["accuracy"]
+            caveat = (
+                "; random weights: the bars are meant for real ones" if weights["kind"] == "random" else ""
+            )
             print(
-                f"{row['name']}: {verdict} (codes {100 * acc['code_agreement']:.2f} %, PSNR {acc['psnr_db']} dB)"
+                f"{row['name']}: {verdict} (codes {100 * acc['code_agreement']:.2f} %, "
+                f"PSNR {acc['psnr_db']:.1f} dB{caveat})"
             )
             if verdict == "FAIL":
                 failed.append(row["name"])
