@@ -3,7 +3,10 @@ independent computation, and its HTML opened in headless Chromium."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 import shutil
 import subprocess
 
@@ -74,8 +77,23 @@ def tiny_report(tmp_path_factory):
         "--repeats",
         "2",
     ]
-    assert cli.main(argv) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(argv) == 0
+    (out / "stdout.txt").write_text(printed.getvalue())
     return out
+
+
+def test_quality_bar_lines_say_pass_or_fail_and_that_weights_are_random(tiny_report):
+    lines = (tiny_report / "stdout.txt").read_text().splitlines()
+    bar_lines = [line for line in lines if line.startswith("ort cpu fp16: ")]
+    assert len(bar_lines) == 1, lines
+    assert re.fullmatch(
+        r"ort cpu fp16: (PASS|FAIL) \(codes \d+\.\d\d %, PSNR \d+\.\d dB; random weights: the bars are meant "
+        r"for real ones\)",
+        bar_lines[0],
+    ), bar_lines[0]
+    assert lines[-1] == f"report: {tiny_report / 'report.html'}"
 
 
 def test_report_numbers_match_an_independent_computation(tiny_report, tmp_path):
