@@ -244,11 +244,12 @@ def _build_engines(
             ", cached" if result.cached else "",
         )
         entry = result.manifest_entry(spec, trt.__version__, gpu_identity())
-        if stages is not None and a["variant"] == "standard":  # ORT cannot run plugin nodes
+        if stages is not None:
             graph = GRAPHS[a["graph"]]
             stage = stages[min(stages)]
             feed, eager = graph_arrays(stage, graph.inputs), graph_arrays(stage, graph.outputs)
-            entry["comparison"] = compare_backends(out / a["file"], feed, eager, engine_path=result.path)
+            onnx_path = out / a["file"] if a["variant"] == "standard" else None  # ORT cannot run plugin nodes
+            entry["comparison"] = compare_backends(feed, eager, onnx_path=onnx_path, engine_path=result.path)
         engines.append(entry)
     return engines
 

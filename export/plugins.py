@@ -19,7 +19,8 @@ Two halves:
    that calling convention which call the real kernels with contiguous strides.
 
 ONNX Runtime has no implementation of these nodes: plugin-variant graphs are checked for
-their nodes (tests) and compared in TensorRT (``compare.compare_backends``), not in ORT.
+their nodes (tests), and their engines compared with eager (``compare.compare_backends``
+without an ONNX path), not in ORT.
 """
 
 from __future__ import annotations

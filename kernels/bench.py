@@ -110,9 +110,8 @@ def check_nearest_code(z: torch.Tensor, codebook: torch.Tensor, idx: torch.Tenso
     terms = zd.pow(2).sum(1) + cd.pow(2).sum(1).max()
     excess = dist.gather(1, idx[:, None])[:, 0] - dist.min(1).values
     ok = excess <= NEAREST_CODE_DIST_RTOL[z.dtype] * terms
-    return bool(
-        ok.all()
-    ), f"nearest code (up to near ties) for {ok.double().mean():.2%} of {ok.numel()} tokens"
+    detail = f"nearest code (up to near ties) for {ok.double().mean():.2%} of {ok.numel()} tokens"
+    return bool(ok.all()), detail
 
 
 def check_code_head(args: tuple, idx: torch.Tensor) -> tuple[bool, str]:

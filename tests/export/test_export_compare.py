@@ -25,7 +25,7 @@ def end_to_end_case(export_model, export_stages, tmp_path_factory):
 
 def test_onnxrt_through_polygraphy_matches_eager(end_to_end_case):
     path, feed, eager = end_to_end_case
-    stats = compare_backends(path, feed, eager)
+    stats = compare_backends(feed, eager, onnx_path=path)
     assert set(stats) == {"onnxrt_vs_eager"}  # no engine: no TensorRT columns
     per_output = stats["onnxrt_vs_eager"]
     assert set(per_output) == {"restored", "code_idx"}
@@ -41,6 +41,11 @@ def test_stats_see_flipped_codes_and_float_errors():
     assert stats["code_idx"]["agreement"] == pytest.approx(6 / 8)
     assert stats["restored"]["max_abs"] == pytest.approx(0.5)
     assert stats["restored"]["max_rel"] == pytest.approx(0.5)
+
+
+def test_compare_needs_something_to_run():
+    with pytest.raises(ValueError, match="give onnx_path, engine_path or both"):
+        compare_backends({}, {})
 
 
 def test_stats_name_a_missing_or_misshaped_output():

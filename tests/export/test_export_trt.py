@@ -70,7 +70,7 @@ def test_fp16_engine_matches_onnxruntime_and_eager(export_model, export_stages, 
     stage = export_stages[3]
     feed = {"lq_image": stage["lq_image"].numpy()}
     eager = {"restored": stage["restored"].numpy(), "code_idx": stage["code_idx"].to(CODE_IDX_DTYPE).numpy()}
-    stats = compare_backends(onnx_path, feed, eager, engine_path=result.path)
+    stats = compare_backends(feed, eager, onnx_path=onnx_path, engine_path=result.path)
     assert stats["trt_vs_eager"]["restored"]["max_rel"] <= FP16_RTOL
     assert stats["trt_vs_eager"]["code_idx"]["agreement"] >= FP16_MIN_CODE_AGREEMENT
     assert np.isfinite(stats["trt_vs_onnxrt"]["restored"]["max_abs"])
