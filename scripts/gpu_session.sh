@@ -6,7 +6,8 @@
 #                        into .whl/, which git ignores; the device machine reaches no registry)
 #   device tool, call 1: bash scripts/gpu_session.sh env install tests kernels     carry [".whl"]
 #   device tool, call 2: bash scripts/gpu_session.sh env install video report train carry [".whl"]
-#   here, after each:    tar -xzf FILES_AT/gpu_results.tar.gz -C reports/gpu/   and commit it
+#   here, after each:    d=reports/gpu/$(date +%F)-call1; mkdir -p $d; tar -xzf FILES_AT/gpu_results.tar.gz -C $d
+#                        then commit $d (its env.log names the device, versions and date)
 #
 # Steps (default: all, in this order): env install tests kernels video report train.
 # Each step runs under its own time limit (seconds, STEP_LIMIT_<step> overrides), logs to
