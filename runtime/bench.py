@@ -165,7 +165,21 @@ def format_table(results: list[dict[str, object]]) -> str:
             f"{v['fps']:9.2f} {v.get('ratio_to_eager', float('nan')):8.2f} "
             f"{lat['p50']:8.1f} {lat['p95']:8.1f} {lat['p99']:8.1f}"
         )
+    lines.extend(format_stages(results))
     return "\n".join(lines)
+
+
+def format_stages(results: list[dict[str, object]]) -> list[str]:
+    """Where the video time goes: busy ms per frame of each pipeline stage (summed over its
+    threads; the stages overlap, so the slowest one bounds frames/s, not their sum)."""
+    lines = []
+    for r in results:
+        if "skipped" in r or not r["video"]["frames"]:
+            continue
+        frames = r["video"]["frames"]
+        parts = [f"{stage} {1e3 * s / frames:.1f}" for stage, s in r["video"]["stage_s"].items()]
+        lines.append(f"{r['backend']:8} ms/frame by stage: " + ", ".join(parts))
+    return lines
 
 
 def parse_size(text: str) -> tuple[int, int]:
