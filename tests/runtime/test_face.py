@@ -59,6 +59,16 @@ def test_detection_on_a_downscaled_large_frame_maps_back_to_frame_pixels(detecto
     np.testing.assert_allclose(faces[0].landmarks, ASTRONAUT_LANDMARKS * 2.5, atol=2.5 * LANDMARK_ATOL_PX)
 
 
+def test_network_input_is_bgr_minus_the_training_mean_planar():
+    from daefr.runtime.face.detector import BGR_MEAN, _network_input
+
+    rgb = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    x = _network_input(rgb)
+    assert x.shape == (1, 3, 7, 5) and x.dtype == np.float32 and x.flags.c_contiguous
+    expected = (rgb[..., ::-1].astype(np.float32) - BGR_MEAN).transpose(2, 0, 1)[None]
+    np.testing.assert_array_equal(x, expected)
+
+
 def test_no_face_in_a_gradient(detector):
     gradient = np.linspace(0, 255, 320, dtype=np.uint8)[None, :, None].repeat(240, 0).repeat(3, 2)
     assert detector.detect(gradient) == []
