@@ -18,7 +18,7 @@ def restore_crops(restorer: Restorer, crops: np.ndarray, batch_size: int) -> np.
     """Aligned crops (F, R, R, 3) uint8 -> restored crops (F, R, R, 3) uint8, ``batch_size`` at a time."""
     out = np.empty_like(crops)
     for start in range(0, len(crops), batch_size):
-        restored, _ = restorer.restore(crops_to_batch(crops[start : start + batch_size]))
+        restored, _ = restorer.restore(crops_to_batch(crops[start : start + batch_size], restorer.device))
         out[start : start + batch_size] = batch_to_crops(restored)
     return out
 

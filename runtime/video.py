@@ -331,7 +331,8 @@ class _Pipeline:
         bs = self.options.batch_size
         with torch.inference_mode():
             for start in range(0, len(crops), bs):
-                restored, code_idx = self.restorer.restore(crops_to_batch(crops[start : start + bs]))
+                batch = crops_to_batch(crops[start : start + bs], self.restorer.device)
+                restored, code_idx = self.restorer.restore(batch)
                 out[start : start + bs] = batch_to_crops(restored)
                 codes.append(code_idx.cpu().numpy())
                 self.stats.batches += 1

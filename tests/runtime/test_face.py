@@ -149,6 +149,24 @@ def _face(marks: np.ndarray) -> Face:
     )
 
 
+@pytest.mark.parametrize("device", [None, "cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_crops_round_trip_through_the_batch_exactly(device):
+    import torch
+
+    from daefr.runtime.face import batch_to_crops, crops_to_batch
+
+    crops = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    batch = crops_to_batch(crops, device)
+    assert batch.shape == (3, 3, 16, 16) and batch.dtype == torch.float32
+    assert batch.device.type == (device or "cpu")
+    assert batch.min() >= -1 and batch.max() <= 1
+    np.testing.assert_array_equal(batch_to_crops(batch), crops)
+    out_of_range = batch_to_crops(
+        torch.tensor([-3.0, -1.0, 0.0, 1.0, 2.5]).view(1, 1, 1, 5).expand(1, 3, 1, 5)
+    )
+    np.testing.assert_array_equal(out_of_range[0, 0, :, 0], [0, 0, 128, 255, 255])
+
+
 def test_smoothing_removes_jitter_of_a_still_face():
     rng = np.random.default_rng(0)
     base = ASTRONAUT_LANDMARKS
