@@ -83,25 +83,38 @@ def soft_mask(resolution: int) -> np.ndarray:
     return mask
 
 
+def face_region(
+    matrix: np.ndarray, resolution: int, width: int, height: int
+) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1), end-exclusive: the frame pixels that the crop of ``matrix`` (frame ->
+    crop) covers once warped back, clipped to the frame; None where it falls outside."""
+    r = resolution
+    corners = np.array([[0, 0, 1], [r, 0, 1], [0, r, 1], [r, r, 1]], np.float64).T  # (3, 4)
+    xy = invert_affine(matrix) @ corners  # (2, 4) crop corners in the frame
+    x0, y0 = np.floor(xy.min(1)).astype(int).clip(0, [width, height])
+    x1, y1 = np.ceil(xy.max(1)).astype(int).clip(0, [width, height]) + 1
+    x1, y1 = min(x1, width), min(y1, height)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return int(x0), int(y0), int(x1), int(y1)
+
+
 def paste_faces(frame: np.ndarray, crops: np.ndarray, matrices: list[np.ndarray]) -> np.ndarray:
     """Blend restored crops (F, R, R, 3) uint8 back into a copy of ``frame`` (H, W, 3) uint8.
 
-    Each face touches only the bounding box of its inverse-warped crop; pixels where the mask
-    is 0 keep their exact value.
+    Each face touches only its ``face_region``; pixels where the mask is 0 keep their exact
+    value.
     """
     out = frame.copy()
     h, w = frame.shape[:2]
     r = crops.shape[1]
     mask = soft_mask(r)
-    corners = np.array([[0, 0, 1], [r, 0, 1], [0, r, 1], [r, r, 1]], np.float64).T  # (3, 4)
     for crop, m in zip(crops, matrices, strict=True):
-        inv = invert_affine(m)  # crop -> frame
-        xy = inv @ corners  # (2, 4)
-        x0, y0 = np.floor(xy.min(1)).astype(int).clip(0, [w, h])
-        x1, y1 = np.ceil(xy.max(1)).astype(int).clip(0, [w, h]) + 1
-        x1, y1 = min(x1, w), min(y1, h)
-        if x1 <= x0 or y1 <= y0:
+        region = face_region(m, r, w, h)
+        if region is None:
             continue
+        x0, y0, x1, y1 = region
+        inv = invert_affine(m)  # crop -> frame
         inv_roi = inv.copy()
         inv_roi[:, 2] -= (x0, y0)
         size = (int(x1 - x0), int(y1 - y0))
