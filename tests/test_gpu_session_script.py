@@ -14,9 +14,10 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_session.sh"
 
 
-def run_script(*args: str, out: Path | None) -> subprocess.CompletedProcess[str]:
+def run_script(*args: str, out: Path | None, **extra_env: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     env["PYTHON"] = sys.executable
+    env.update(extra_env)
     if out is not None:
         env["OUT"] = str(out)
     return subprocess.run(
@@ -48,3 +49,11 @@ def test_env_step_logs_summarises_and_packs(tmp_path):
     with tarfile.open(tmp_path / "gpu_results.tar.gz") as tar:
         names = set(tar.getnames())
     assert {"results/env.log", "results/summary.txt"} <= names
+
+
+def test_steps_past_the_deadline_are_skipped_and_results_still_packed(tmp_path):
+    result = run_script("env", out=tmp_path, DEADLINE="5")
+    assert result.returncode == 1  # one step did not run
+    assert "env skipped: " in result.stdout
+    assert (tmp_path / "results" / "summary.txt").read_text().split()[:3] == ["env", "skipped", "(deadline)"]
+    assert (tmp_path / "gpu_results.tar.gz").is_file()
