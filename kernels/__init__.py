@@ -52,11 +52,7 @@ def code_head(
     codebook: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x: (M, C); ln_*: (C,); proj_weight: (K, C); codebook: (K, D) -> (idx (M,), codes (M, D))."""
-    try:
-        from daefr.kernels.head import code_head as op
-    except ImportError as err:
-        raise triton_missing(err) from err
-    idx, codes, _ = op(x, ln_weight, ln_bias, float(eps), proj_weight, codebook, False)
+    idx, codes, _ = _head_op()(x, ln_weight, ln_bias, float(eps), proj_weight, codebook, False)
     return idx, codes
 
 
@@ -69,11 +65,15 @@ def code_head_with_logits(
     codebook: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """As ``code_head``, also returning the logits (M, K) in x's dtype (training, parity)."""
+    return _head_op()(x, ln_weight, ln_bias, float(eps), proj_weight, codebook, True)
+
+
+def _head_op():  # noqa: ANN202 (a torch custom op)
     try:
         from daefr.kernels.head import code_head as op
     except ImportError as err:
         raise triton_missing(err) from err
-    return op(x, ln_weight, ln_bias, float(eps), proj_weight, codebook, True)
+    return op
 
 
 def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
