@@ -3,6 +3,9 @@
 For each backend that can run here: the network alone (faces/s over fixed batches) and the
 whole pipeline end to end on a clip (decode, detect, align, restore, paste, encode), each
 with its ratio to eager PyTorch fp32. Backends that cannot run are listed with the reason.
+
+``daefr-bench stages``: the CPU cost per frame of each stage around the network, on one core
+(``bench_stages``).
 """
 
 from __future__ import annotations
@@ -218,7 +221,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     video.add_argument("--warmup", type=int, default=2, help="untimed batches before timing")
     video.add_argument("--out", type=Path, help="write the results as JSON here")
     add_logging_flags(video)
+    stages = sub.add_parser(
+        "stages",
+        help="CPU cost per frame of each non-network stage (decode ... encode), one core",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    stages.add_argument("--size", type=parse_size, default=(1280, 720), help="clip size WIDTHxHEIGHT")
+    stages.add_argument("--frames", type=int, default=24, help="frames to synthesise and time")
+    stages.add_argument(
+        "--resolution", type=int, default=512, help="face crop size (512: the official model)"
+    )
+    stages.add_argument("--out", type=Path, help="write the results as JSON here")
+    add_logging_flags(stages)
     args = parser.parse_args(argv)
+    if args.command == "stages":
+        if args.frames < 1 or args.resolution < 16:
+            stages.error("--frames must be >= 1 and --resolution >= 16")
+        return args
     args.backend_list = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in args.backend_list if b not in BACKENDS]
     if unknown or not args.backend_list:
@@ -231,9 +250,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def run_stages(args: argparse.Namespace) -> int:
+    from daefr.runtime.bench_stages import format_stages, measure_stages
+
+    with tempfile.TemporaryDirectory(prefix="daefr-bench-") as tmp:
+        costs = measure_stages(RetinaFaceDetector(), *args.size, args.frames, args.resolution, Path(tmp))
+    print(format_stages(costs))
+    if args.out:
+        report = {
+            "benchmark": "stages",
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "device": device_description("cpu"),
+            "versions": versions(),
+            "clip": f"synthetic {args.size[0]}x{args.size[1]}, one face per frame",
+            "resolution": args.resolution,
+            "frames": args.frames,
+            "stages": [c.to_dict() for c in costs],
+        }
+        atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+        log.info("results in %s", args.out)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args)
+    if args.command == "stages":
+        return run_stages(args)
     torch.manual_seed(0)
     np.random.seed(0)
     results = []

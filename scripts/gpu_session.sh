@@ -85,6 +85,8 @@ step_video() {
   local common=(video --random-weights --preset "$PRESET" --backends torch --frames "${VIDEO_FRAMES:-96}"
     --batch-size 8)
   local failed=0
+  # The CPU stages around the network, one core each: which one bounds frames/s on this machine.
+  "$PYTHON" -m daefr.runtime.bench stages --out "$RESULTS/stages_720p.json" || failed=1
   "$PYTHON" -m daefr.runtime.bench "${common[@]}" --out "$RESULTS/video_torch_fp32.json" || failed=1
   "$PYTHON" -m daefr.runtime.bench "${common[@]}" --fp16 --out "$RESULTS/video_torch_fp16.json" || failed=1
   "$PYTHON" -m daefr.runtime.bench "${common[@]}" --fp16 --cuda-graphs \

@@ -79,3 +79,26 @@ def test_usage_errors_exit_2(argv, message, capsys):
         main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_stages_costs_every_cpu_stage_per_frame(tmp_path, capsys):
+    from daefr.runtime.bench_stages import STAGES
+
+    out = tmp_path / "stages.json"
+    argv = ["stages", "--size", "320x240", "--frames", "4", "--resolution", "64", "--out", str(out), "-q"]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    costs = {c["stage"]: c for c in report["stages"]}
+    assert list(costs) == list(STAGES)
+    for cost in costs.values():
+        assert 0 < cost["ms_p50"] <= cost["ms_p95"]
+        assert cost["max_fps_one_core"] == pytest.approx(1e3 / cost["ms_p50"])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split()[:3] == ["stage", "ms", "p50"] and len(printed) == 1 + len(STAGES)
+
+
+def test_stages_usage_error_exits_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["stages", "--frames", "0"])
+    assert exc.value.code == 2
+    assert "--frames must be >= 1" in capsys.readouterr().err
