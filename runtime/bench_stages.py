@@ -3,7 +3,8 @@
 The network is left out (the crops are pasted back unrestored): these are the stages that
 run on the CPU beside the GPU, and the one with the highest cost per frame, divided by the
 threads it gets, bounds the frames/s any backend can reach. Each stage is timed alone,
-single-threaded, on a synthetic clip with one face per frame.
+single-threaded, on a synthetic clip with one face per frame. The pipeline itself gives
+detection up to 4 threads and lets x264 use every core; here the encoder gets one.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ STAGES = ("decode", "to_rgb", "detect", "warp", "paste", "to_yuv", "encode")
 @dataclass(frozen=True)
 class StageCost:
     stage: str
+    ms_mean: float
     ms_p50: float
     ms_p95: float
 
     @property
     def max_fps(self) -> float:
-        """Frames/s this stage allows on one core (median cost)."""
-        return 1e3 / self.ms_p50 if self.ms_p50 > 0 else float("inf")
+        """Frames/s this stage allows on one core. From the mean: an encoder with lookahead
+        returns most frames at once and works in bursts (its p95 is 25x its median)."""
+        return 1e3 / self.ms_mean if self.ms_mean > 0 else float("inf")
 
     def to_dict(self) -> dict[str, float | str]:
         return {**asdict(self), "max_fps_one_core": self.max_fps}
@@ -103,13 +106,15 @@ def _measure(
     if not times["warp"]:
         raise RuntimeError("no face was detected in the synthetic clip")
     return [
-        StageCost(stage, float(np.percentile(ms, 50)), float(np.percentile(ms, 95)))
+        StageCost(stage, float(ms.mean()), float(np.percentile(ms, 50)), float(np.percentile(ms, 95)))
         for stage in STAGES
         if (ms := np.asarray(times[stage]) * 1e3).size
     ]
 
 
 def format_stages(costs: list[StageCost]) -> str:
-    lines = [f"{'stage':8} {'ms p50':>8} {'ms p95':>8} {'max frames/s, one core':>24}"]
-    lines += [f"{c.stage:8} {c.ms_p50:8.2f} {c.ms_p95:8.2f} {c.max_fps:24.0f}" for c in costs]
+    lines = [f"{'stage':8} {'ms mean':>8} {'ms p50':>8} {'ms p95':>8} {'max frames/s, one core':>24}"]
+    lines += [
+        f"{c.stage:8} {c.ms_mean:8.2f} {c.ms_p50:8.2f} {c.ms_p95:8.2f} {c.max_fps:24.0f}" for c in costs
+    ]
     return "\n".join(lines)
