@@ -31,7 +31,12 @@ from daefr.checkpoint import CheckpointError
 from daefr.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, add_logging_flags, setup_logging
 from daefr.runtime.backends import BACKENDS, BackendError, BackendUnavailable, Restorer
 from daefr.runtime.backends.trt_backend import TRT_MISSING
-from daefr.runtime.cli_video import add_restorer_flags, build_restorer, default_detect_workers
+from daefr.runtime.cli_video import (
+    add_encoder_preset_flag,
+    add_restorer_flags,
+    build_restorer,
+    default_detect_workers,
+)
 from daefr.runtime.clips import carphone_path, synthetic_frames, write_clip
 from daefr.runtime.face.detector import RetinaFaceDetector
 from daefr.runtime.video import VideoError, VideoOptions, latency_summary, restore_video
@@ -125,6 +130,7 @@ def bench_backend(
             max_frames=args.frames,
             queue_frames=args.queue,
             detect_workers=args.detect_workers,
+            encoder_preset=args.encoder_preset,
         )
         stats = restore_video(clip, workdir / f"out_{backend}.mp4", restorer, detector, options)
     finally:
@@ -217,6 +223,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--detect-workers", type=int, default=default_detect_workers(), help="detection threads"
     )
     video.add_argument("--queue", type=int, default=8, help="frames each stage may run ahead")
+    add_encoder_preset_flag(video)
     video.add_argument("--iters", type=int, default=10, help="timed network-only batches")
     video.add_argument("--warmup", type=int, default=2, help="untimed batches before timing")
     video.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -231,6 +238,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     stages.add_argument(
         "--resolution", type=int, default=512, help="face crop size (512: the official model)"
     )
+    add_encoder_preset_flag(stages, default="medium")
     stages.add_argument("--out", type=Path, help="write the results as JSON here")
     add_logging_flags(stages)
     args = parser.parse_args(argv)
@@ -254,7 +262,9 @@ def run_stages(args: argparse.Namespace) -> int:
     from daefr.runtime.bench_stages import format_stages, measure_stages
 
     with tempfile.TemporaryDirectory(prefix="daefr-bench-") as tmp:
-        costs = measure_stages(RetinaFaceDetector(), *args.size, args.frames, args.resolution, Path(tmp))
+        costs = measure_stages(
+            RetinaFaceDetector(), *args.size, args.frames, args.resolution, Path(tmp), args.encoder_preset
+        )
     print(format_stages(costs))
     if args.out:
         report = {
@@ -265,6 +275,7 @@ def run_stages(args: argparse.Namespace) -> int:
             "clip": f"synthetic {args.size[0]}x{args.size[1]}, one face per frame",
             "resolution": args.resolution,
             "frames": args.frames,
+            "encoder": f"libx264 crf 18, preset {args.encoder_preset}, one thread",
             "stages": [c.to_dict() for c in costs],
         }
         atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")

@@ -34,7 +34,14 @@ from daefr.runtime.backends import (
     export_onnx,
 )
 from daefr.runtime.face.detector import DetectorUnavailable, RetinaFaceDetector
-from daefr.runtime.video import VideoError, VideoOptions, expected_frames, open_input, restore_video
+from daefr.runtime.video import (
+    ENCODER_PRESETS,
+    VideoError,
+    VideoOptions,
+    expected_frames,
+    open_input,
+    restore_video,
+)
 
 log = logging.getLogger("daefr.video")
 PROG = "daefr-video"
@@ -61,6 +68,15 @@ def add_restorer_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="intra-op CPU threads of the torch and ort backends (0 = the library's default)",
+    )
+
+
+def add_encoder_preset_flag(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument(
+        "--encoder-preset",
+        choices=ENCODER_PRESETS,
+        default=default,
+        help="x264/x265 speed preset (default: the encoder's, medium); faster presets cost bitrate",
     )
 
 
@@ -112,6 +128,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--crf", type=int, default=18, help="quality of libx264/libx265 (0-51, lower is better)"
     )
+    add_encoder_preset_flag(parser)
     parser.add_argument("--det-threshold", type=float, default=0.9, help="face detection score threshold")
     parser.add_argument(
         "--det-max-side", type=int, default=640, help="detect on frames downscaled to this side"
@@ -136,6 +153,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             max_frames=args.max_frames,
             codec=args.codec,
             crf=args.crf,
+            encoder_preset=args.encoder_preset,
             queue_frames=args.queue,
             detect_workers=args.detect_workers,
         )

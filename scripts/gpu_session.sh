@@ -87,6 +87,8 @@ step_video() {
   local failed=0
   # The CPU stages around the network, one core each: which one bounds frames/s on this machine.
   "$PYTHON" -m daefr.runtime.bench stages --out "$RESULTS/stages_720p.json" || failed=1
+  "$PYTHON" -m daefr.runtime.bench stages --encoder-preset veryfast --out "$RESULTS/stages_720p_veryfast.json" \
+    || failed=1
   "$PYTHON" -m daefr.runtime.bench "${common[@]}" --out "$RESULTS/video_torch_fp32.json" || failed=1
   "$PYTHON" -m daefr.runtime.bench "${common[@]}" --fp16 --out "$RESULTS/video_torch_fp16.json" || failed=1
   "$PYTHON" -m daefr.runtime.bench "${common[@]}" --fp16 --cuda-graphs \
@@ -95,7 +97,7 @@ step_video() {
     --out "$RESULTS/video_torch_fp16_triton.json" || failed=1
   # Low latency (the p99 < 20 ms target): batches of one face, shallow queues (later flags win).
   "$PYTHON" -m daefr.runtime.bench "${common[@]}" --fp16 --cuda-graphs --batch-size 1 --queue 2 \
-    --out "$RESULTS/video_torch_fp16_graphs_latency.json" || failed=1
+    --encoder-preset veryfast --out "$RESULTS/video_torch_fp16_graphs_latency.json" || failed=1
   return $failed
 }
 

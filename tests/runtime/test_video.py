@@ -121,6 +121,15 @@ def test_torch_backend_with_max_frames_stops_early(mp4_clip, tmp_path):
         assert sum(1 for _ in c.decode(video=0)) == 5
 
 
+def test_encoder_preset_reaches_x264(mp4_clip, tmp_path, ort):
+    """x264 writes its settings into the stream: ultrafast turns CABAC off, the default keeps it."""
+    fast, default = tmp_path / "fast.mp4", tmp_path / "default.mp4"
+    common = ["--max-frames", "4", *ort]
+    assert main([str(mp4_clip), "-o", str(fast), "--encoder-preset", "ultrafast", *common]) == 0
+    assert main([str(mp4_clip), "-o", str(default), *common]) == 0
+    assert b"cabac=0" in fast.read_bytes() and b"cabac=1" in default.read_bytes()
+
+
 def only_inputs_left(folder: Path, inputs: set[str]) -> bool:
     return {p.name for p in folder.iterdir()} == inputs
 
@@ -153,6 +162,8 @@ def test_truncated_input_fails_cleanly_and_leaves_no_output(lossless_clip, tmp_p
         ["in.mp4", "-o", "o.mp4", "--backend", "trt"],  # no --engine-dir
         ["in.mp4", "-o", "o.mp4", "--random-weights", "--backend", "tvm"],
         ["in.mp4", "-o", "o.mp4", "--random-weights", "--codec", "nosuchcodec"],
+        ["in.mp4", "-o", "o.mp4", "--random-weights", "--encoder-preset", "warp9"],
+        ["in.mp4", "-o", "o.mp4", "--random-weights", "--codec", "ffv1", "--encoder-preset", "fast"],
         ["in.mp4", "-o", "o.mp4", "--ckpt", "a.ckpt", "--random-weights"],
         ["in.mp4", "-o", "o.mp4", "--backend", "ort", "--onnx", "m.onnx", "--random-weights"],
     ],
