@@ -10,7 +10,8 @@ detection up to 4 threads and lets x264 use every core; here the encoder gets on
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -54,6 +55,16 @@ def _timed(fn: Callable[..., object], *args: object, **kwargs: object) -> tuple[
     return out, time.perf_counter() - t0
 
 
+@contextmanager
+def _opencv_on_one_thread() -> Iterator[None]:
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
+
+
 def measure_stages(
     detector: FaceDetector,
     width: int,
@@ -66,26 +77,13 @@ def measure_stages(
     """Per-frame cost of each stage over ``frames`` frames of a ``width`` x ``height`` clip with
     one face per frame, crops of ``resolution``; libx264 at crf 18 with ``encoder_preset``.
     Runs with OpenCV, the decoder and the encoder on one thread each."""
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        return _measure(detector, width, height, frames, resolution, workdir, encoder_preset)
-    finally:
-        cv2.setNumThreads(threads)
-
-
-def _measure(
-    detector: FaceDetector,
-    width: int,
-    height: int,
-    frames: int,
-    resolution: int,
-    workdir: Path,
-    encoder_preset: str,
-) -> list[StageCost]:
     clip = write_clip(workdir / "stages.mp4", synthetic_frames(frames, width, height), audio_codec=None)
     times: dict[str, list[float]] = {stage: [] for stage in STAGES}
-    with av.open(str(clip)) as src, av.open(str(workdir / "stages_out.mp4"), "w") as dst:
+    with (
+        _opencv_on_one_thread(),
+        av.open(str(clip)) as src,
+        av.open(str(workdir / "stages_out.mp4"), "w") as dst,
+    ):
         stream = src.streams.video[0]
         stream.thread_type, stream.thread_count = "SLICE", 1
         out = dst.add_stream("libx264", rate=Fraction(25))
