@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -61,3 +64,20 @@ def upcast(dtype: torch.dtype) -> bool:
 
 def next_power_of_2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
+
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """One call of an autotuned Triton kernel, as its launcher builds it.
+
+    The launcher runs it (``launch()``); ``daefr.kernels.compile_report`` compiles the very same
+    arguments for every autotune config without a GPU, so both always see one argument list.
+    """
+
+    kernel: Any  # a triton.runtime.Autotuner over a @triton.jit function
+    grid: Callable[[dict], tuple[int, ...]]
+    args: tuple
+    kwargs: dict[str, Any]
+
+    def launch(self) -> None:
+        self.kernel[self.grid](*self.args, **self.kwargs)

@@ -1,4 +1,6 @@
-"""Autotune configs of the kernels that walk the codebook in tiles (quantizer, code head)."""
+"""Autotune configs of the kernels: the codebook walkers (quantizer, code head) and attention.
+
+The GPU lists are what the autotuner tries on a GPU and what ``compile_report`` compiles."""
 
 from __future__ import annotations
 
@@ -24,4 +26,23 @@ def codebook_tile_configs(inner: str, interpreter_inner: int) -> list[triton.Con
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_K": bk, inner: bi}, num_warps=w, num_stages=s)
         for bm, bk, bi, w, s in GPU_TILES
+    ]
+
+
+# (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages)
+ATTENTION_GPU_TILES: list[tuple[int, int, int, int]] = [
+    (64, 32, 4, 2),
+    (64, 64, 4, 2),
+    (128, 64, 8, 2),
+    (32, 32, 4, 2),
+]
+
+
+def attention_tile_configs() -> list[triton.Config]:
+    """One 64 x 64 config in the interpreter (it accepts one only)."""
+    if interpreting():
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64})]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in ATTENTION_GPU_TILES
     ]

@@ -20,22 +20,17 @@ import triton
 import triton.language as tl
 
 from ._launch import (
+    KernelLaunch,
     check_devices,
     check_dtypes,
     check_rank,
     dot_precision,
-    interpreting,
     next_power_of_2,
     upcast,
 )
+from ._tiles import attention_tile_configs
 
-if interpreting():
-    _CONFIGS = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64})]
-else:
-    _CONFIGS = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [(64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (32, 32, 4, 2)]
-    ]
+_CONFIGS = attention_tile_configs()
 
 
 @triton.autotune(configs=_CONFIGS, key=["N_Q", "N_KV", "HEAD_DIM", "DOT_PRECISION"])
@@ -177,42 +172,44 @@ def _head_dim_blocks(head_dim: int) -> tuple[int, int]:
     return min(padded, 128), min(padded, 128)
 
 
+def plan_fused_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, KernelLaunch | None]:
+    """Allocate the output and build the launch; None when the output is empty."""
+    batch, heads, n_q, head_dim = q.shape
+    n_kv = k.shape[2]
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out, None
+    block_d, block_dv = _head_dim_blocks(head_dim)
+
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return (triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads, triton.cdiv(head_dim, block_dv))
+
+    qk_scale = math.log2(math.e) / math.sqrt(head_dim)
+    args = (
+        q, k, v, out, heads, n_q, n_kv, head_dim, qk_scale,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+    )  # fmt: skip
+    kwargs = {
+        "BLOCK_D": block_d,
+        "BLOCK_DV": block_dv,
+        "SINGLE_D": block_d >= head_dim,
+        "UPCAST": upcast(q.dtype),
+        "DOT_PRECISION": dot_precision(q.dtype),
+    }
+    return out, KernelLaunch(_attention_kernel, grid, args, kwargs)
+
+
 @torch.library.custom_op("daefr::fused_attention", mutates_args=())
 def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """q: (B, H, Nq, Dh); k, v: (B, H, Nk, Dh); one dtype (fp32/fp16/bf16), any strides
     -> (B, H, Nq, Dh) contiguous. Softmax statistics and accumulation in fp32."""
     _check(q, k, v)
     check_devices("fused_attention", {"q": q, "k": k, "v": v})
-    batch, heads, n_q, head_dim = q.shape
-    n_kv = k.shape[2]
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    if out.numel() == 0:
-        return out
-    block_d, block_dv = _head_dim_blocks(head_dim)
-
-    def grid(meta: dict) -> tuple[int, int, int]:
-        return (triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads, triton.cdiv(head_dim, block_dv))
-
-    _attention_kernel[grid](
-        q,
-        k,
-        v,
-        out,
-        heads,
-        n_q,
-        n_kv,
-        head_dim,
-        math.log2(math.e) / math.sqrt(head_dim),
-        *q.stride(),
-        *k.stride(),
-        *v.stride(),
-        *out.stride(),
-        BLOCK_D=block_d,
-        BLOCK_DV=block_dv,
-        SINGLE_D=block_d >= head_dim,
-        UPCAST=upcast(q.dtype),
-        DOT_PRECISION=dot_precision(q.dtype),
-    )
+    out, launch = plan_fused_attention(q, k, v)
+    if launch is not None:
+        launch.launch()
     return out
 
 

@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from ._launch import (
+    KernelLaunch,
     check_devices,
     check_dtypes,
     check_rank,
@@ -158,6 +159,41 @@ def _check(
     return {**tensors, "codebook": codebook}
 
 
+def plan_code_head(
+    x: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    eps: float,
+    proj_weight: torch.Tensor,
+    codebook: torch.Tensor,
+    return_logits: bool,
+) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], KernelLaunch | None]:
+    """Allocate the outputs (idx, codes, logits) and build the launch; None when M == 0."""
+    m, c = x.shape
+    k, d = codebook.shape
+    idx = torch.empty(m, dtype=torch.int64, device=x.device)
+    codes = torch.empty(m, d, dtype=codebook.dtype, device=x.device)
+    logits = torch.empty(m, k if return_logits else 0, dtype=x.dtype, device=x.device)
+    if m == 0:
+        return (idx, codes, logits), None
+
+    def grid(meta: dict) -> tuple[int]:
+        return (triton.cdiv(m, meta["BLOCK_M"]),)
+
+    # an empty (M, 0) tensor may have no valid address: pass codes, never written then
+    logits_or_codes = logits if return_logits else codes
+    args = (
+        x, ln_weight, ln_bias, proj_weight, codebook, idx, codes, logits_or_codes, m, c, k, d, eps,
+        *x.stride(), *proj_weight.stride(), *codebook.stride(), *codes.stride(), *logits.stride(),
+    )  # fmt: skip
+    kwargs = {
+        "STORE_LOGITS": return_logits,
+        "UPCAST": upcast(x.dtype),
+        "DOT_PRECISION": dot_precision(x.dtype),
+    }
+    return (idx, codes, logits), KernelLaunch(_code_head_kernel, grid, args, kwargs)
+
+
 @torch.library.custom_op("daefr::code_head", mutates_args=())
 def code_head(
     x: torch.Tensor,
@@ -174,47 +210,10 @@ def code_head(
     """
     tensors = _check(x, ln_weight, ln_bias, proj_weight, codebook)
     check_devices("code_head", tensors)
-    m, c = x.shape
-    k, d = codebook.shape
-    idx = torch.empty(m, dtype=torch.int64, device=x.device)
-    codes = torch.empty(m, d, dtype=codebook.dtype, device=x.device)
-    logits = torch.empty(m, k if return_logits else 0, dtype=x.dtype, device=x.device)
-    if m == 0:
-        return idx, codes, logits
-
-    def grid(meta: dict) -> tuple[int]:
-        return (triton.cdiv(m, meta["BLOCK_M"]),)
-
-    _code_head_kernel[grid](
-        x,
-        ln_weight,
-        ln_bias,
-        proj_weight,
-        codebook,
-        idx,
-        codes,
-        # an empty (M, 0) tensor may have no valid address: pass codes, never written then
-        logits if return_logits else codes,
-        m,
-        c,
-        k,
-        d,
-        eps,
-        x.stride(0),
-        x.stride(1),
-        proj_weight.stride(0),
-        proj_weight.stride(1),
-        codebook.stride(0),
-        codebook.stride(1),
-        codes.stride(0),
-        codes.stride(1),
-        logits.stride(0),
-        logits.stride(1),
-        STORE_LOGITS=return_logits,
-        UPCAST=upcast(x.dtype),
-        DOT_PRECISION=dot_precision(x.dtype),
-    )
-    return idx, codes, logits
+    outputs, launch = plan_code_head(x, ln_weight, ln_bias, eps, proj_weight, codebook, return_logits)
+    if launch is not None:
+        launch.launch()
+    return outputs
 
 
 @code_head.register_fake

@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from ._launch import (
+    KernelLaunch,
     check_devices,
     check_dtypes,
     check_rank,
@@ -121,6 +122,25 @@ def _check(z: torch.Tensor, codebook: torch.Tensor) -> None:
     check_dtypes(op, {"z": z, "codebook": codebook})
 
 
+def plan_nearest_code(
+    z: torch.Tensor, codebook: torch.Tensor
+) -> tuple[tuple[torch.Tensor, torch.Tensor], KernelLaunch | None]:
+    """Allocate the outputs (idx, codes) and build the launch; None when there is no token."""
+    m, d = z.shape
+    k = codebook.shape[0]
+    idx = torch.empty(m, dtype=torch.int64, device=z.device)
+    codes = torch.empty(m, d, dtype=codebook.dtype, device=z.device)
+    if m == 0:
+        return (idx, codes), None
+
+    def grid(meta: dict) -> tuple[int]:
+        return (triton.cdiv(m, meta["BLOCK_M"]),)
+
+    args = (z, codebook, idx, codes, m, k, d, *z.stride(), *codebook.stride(), *codes.stride())
+    kwargs = {"UPCAST": upcast(z.dtype), "DOT_PRECISION": dot_precision(z.dtype)}
+    return (idx, codes), KernelLaunch(_nearest_code_kernel, grid, args, kwargs)
+
+
 @torch.library.custom_op("daefr::nearest_code", mutates_args=())
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """z: (M, D), codebook: (K, D), fp32/fp16/bf16, any strides
@@ -131,34 +151,10 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor,
     """
     _check(z, codebook)
     check_devices("nearest_code", {"z": z, "codebook": codebook})
-    m, d = z.shape
-    k = codebook.shape[0]
-    idx = torch.empty(m, dtype=torch.int64, device=z.device)
-    codes = torch.empty(m, d, dtype=codebook.dtype, device=z.device)
-    if m == 0:
-        return idx, codes
-
-    def grid(meta: dict) -> tuple[int]:
-        return (triton.cdiv(m, meta["BLOCK_M"]),)
-
-    _nearest_code_kernel[grid](
-        z,
-        codebook,
-        idx,
-        codes,
-        m,
-        k,
-        d,
-        z.stride(0),
-        z.stride(1),
-        codebook.stride(0),
-        codebook.stride(1),
-        codes.stride(0),
-        codes.stride(1),
-        UPCAST=upcast(z.dtype),
-        DOT_PRECISION=dot_precision(z.dtype),
-    )
-    return idx, codes
+    outputs, launch = plan_nearest_code(z, codebook)
+    if launch is not None:
+        launch.launch()
+    return outputs
 
 
 @nearest_code.register_fake
