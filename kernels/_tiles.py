@@ -46,3 +46,9 @@ def attention_tile_configs() -> list[triton.Config]:
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
         for bm, bn, w, s in ATTENTION_GPU_TILES
     ]
+
+
+def describe_config(config: triton.Config) -> str:
+    """'BLOCK_M=64 BLOCK_N=32 w4 s2': the tile sizes, warps and pipeline stages."""
+    blocks = " ".join(f"{k}={v}" for k, v in config.kwargs.items())
+    return f"{blocks} w{config.num_warps} s{config.num_stages}"

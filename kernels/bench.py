@@ -12,6 +12,10 @@ use exact fp32 products (no tensor cores), so their FLOP peak is the CUDA-core f
 Times come from ``triton.testing.do_bench`` (CUDA events, L2 flushed between runs) and include
 the Python launch overhead of each call, which dominates at B = 1.
 
+Attention is timed on the strides the model passes (``MODEL_ATTENTION_LAYOUTS``: transposed
+views, not contiguous copies), and each row names the config the autotuner chose, to be read
+beside the offline compile report (``python -m daefr.kernels.compile_report``).
+
 Before timing, each kernel's output on the very inputs it is timed on is checked against a
 float64 reference with the rules of ``kernels/tolerances.py`` (a fast wrong kernel is no result).
 
@@ -57,6 +61,15 @@ TARGETS: list[tuple[str, str, float, int | None]] = [
     ("attention", "sdpa", 1.0, None),
 ]
 FLOOR_TARGET = 0.5  # every kernel within 2x of its floor
+# (heads, head dim) -> how the model lays q, k, v out, so the kernel is timed on the strides it
+# gets (Triton specialises on them): the VQGAN blocks and MHCA view channels-first features
+# (B, C, N) as heads, (B, H, Dh, N) transposed; the transformer splits tokens-first (B, N, C).
+# tests/kernels/test_kernel_bench.py checks these against the calls the model really makes.
+MODEL_ATTENTION_LAYOUTS: dict[tuple[int, int], str] = {
+    (1, 512): "channels-first",
+    (8, 32): "channels-first",
+    (8, 64): "tokens-first",
+}
 
 
 @dataclass
@@ -70,6 +83,7 @@ class Row:
     check_detail: str
     baselines_us: dict[str, float] = field(default_factory=dict)
     floor_us: float | None = None
+    config: str = ""  # the autotuner's choice, as in reports/cpu/kernels_sm90_compile.txt
 
     @property
     def floor_fraction(self) -> float | None:
@@ -141,7 +155,7 @@ def bench_nearest_code(
     batch: int, dtype: torch.dtype, peaks: tuple, compiled: bool, device: str = "cuda"
 ) -> Row:
     from daefr.kernels import nearest_code
-    from daefr.kernels.quantize import nearest_code_ref
+    from daefr.kernels.quantize import _nearest_code_kernel, nearest_code_ref
 
     m, k, d = batch * TOKENS, 1024, 256
     z = torch.randn(m, d, device=device, dtype=dtype)
@@ -165,6 +179,7 @@ def bench_nearest_code(
         lambda out: check_nearest_code(z, codebook, out[0]),
         baselines,
         floor_us(nbytes, 2 * m * k * d, dtype, peaks),
+        _nearest_code_kernel,
     )
 
 
@@ -172,7 +187,7 @@ def bench_code_head(
     batch: int, dtype: torch.dtype, peaks: tuple, compiled: bool, device: str = "cuda"
 ) -> Row:
     from daefr.kernels import code_head
-    from daefr.kernels.head import code_head_ref
+    from daefr.kernels.head import _code_head_kernel, code_head_ref
 
     m, c, k, d = batch * TOKENS, 512, 1024, 256
 
@@ -207,6 +222,7 @@ def bench_code_head(
         lambda out: check_code_head(args, out[0]),
         baselines,
         floor_us(nbytes, 2 * m * k * c, dtype, peaks),
+        _code_head_kernel,
     )
 
 
@@ -220,9 +236,10 @@ def bench_attention(
     device: str = "cuda",
 ) -> Row:
     from daefr.kernels import fused_attention
-    from daefr.kernels.attention import attention_ref
+    from daefr.kernels.attention import _attention_kernel, attention_ref
 
-    q, k, v = (torch.randn(batch, heads, TOKENS, head_dim, device=device, dtype=dtype) for _ in range(3))
+    layout = MODEL_ATTENTION_LAYOUTS.get((heads, head_dim), "contiguous")
+    q, k, v = (attention_input(batch, heads, head_dim, layout, dtype, device) for _ in range(3))
     baselines = {
         "sdpa": lambda: F.scaled_dot_product_attention(q, k, v),
         "eager": lambda: attention_ref(q, k, v),
@@ -242,7 +259,24 @@ def bench_attention(
         lambda out: check_attention(q, k, v, out),
         baselines,
         floor_us(nbytes, flops, dtype, peaks),
+        _attention_kernel,
     )
+
+
+def attention_input(
+    batch: int, heads: int, head_dim: int, layout: str, dtype: torch.dtype, device: str
+) -> torch.Tensor:
+    """A random (B, H, N, Dh) tensor with the strides of ``layout`` (MODEL_ATTENTION_LAYOUTS)."""
+    channels = heads * head_dim
+    if layout == "channels-first":
+        features = torch.randn(batch, channels, TOKENS, device=device, dtype=dtype)
+        return features.view(batch, heads, head_dim, TOKENS).transpose(2, 3)
+    if layout == "tokens-first":
+        tokens = torch.randn(batch, TOKENS, channels, device=device, dtype=dtype)
+        return tokens.view(batch, TOKENS, heads, head_dim).transpose(1, 2)
+    if layout == "contiguous":
+        return torch.randn(batch, heads, TOKENS, head_dim, device=device, dtype=dtype)
+    raise ValueError(f"unknown attention layout {layout!r}")
 
 
 def measure(
@@ -254,11 +288,16 @@ def measure(
     check: Callable[[object], tuple[bool, str]],
     baselines: dict[str, Callable[[], object]],
     floor: float | None,
+    autotuner: object,
 ) -> Row:
-    """Check the kernel's output on these inputs first, then time it and each baseline."""
+    """Check the kernel's output on these inputs first, then time it and each baseline; note
+    the config ``autotuner`` chose for these inputs."""
+    from daefr.kernels._tiles import describe_config
+
     passed, detail = check(fn())
     dtype_name = str(dtype).removeprefix("torch.")
     row = Row(kernel, shape, batch, dtype_name, time_us(fn), passed, detail, floor_us=floor)
+    row.config = describe_config(autotuner.best_config)
     for name, base in baselines.items():
         row.baselines_us[name] = time_us(base)
     return row
@@ -273,6 +312,7 @@ def format_rows(rows: list[Row]) -> list[str]:
         frac = r.floor_fraction
         cols.append("floor n/a" if frac is None else f"floor {r.floor_us:6.1f} us ({frac:4.0%} reached)")
         cols.append("check ok" if r.check_passed else f"CHECK FAILED: {r.check_detail}")
+        cols.append(f"config {r.config}")
         lines.append(" | ".join(cols))
     return lines
 

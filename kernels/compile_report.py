@@ -46,6 +46,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from daefr.atomic import atomic_write_text
 from daefr.kernels._launch import KernelLaunch, interpreting
+from daefr.kernels._tiles import describe_config
 
 ARCH = 90  # H100 and H200
 
@@ -272,18 +273,15 @@ def compile_launch(launch: KernelLaunch, config: object) -> object:
     )
 
 
-def _config_name(config: object) -> str:
-    blocks = " ".join(f"{k}={v}" for k, v in config.kwargs.items())
-    return f"{blocks} w{config.num_warps} s{config.num_stages}"
-
-
 def compile_rows(call: KernelCall, progress: Callable[[str], None] = lambda _: None) -> list[Row]:
     _, launch = _planners()[call.op](*call.args)
     assert launch is not None, f"{call.op} {call.shapes()} launches nothing"
     dtype = str(next(a.dtype for a in call.args if isinstance(a, torch.Tensor))).replace("torch.", "")
     rows = []
     for config in launch.kernel.configs:
-        row = Row(call.op, call.source, call.shapes(), dtype, _config_name(config), config.num_warps, False)
+        row = Row(
+            call.op, call.source, call.shapes(), dtype, describe_config(config), config.num_warps, False
+        )
         progress(f"{call.op} {dtype} {row.config}")
         start = time.perf_counter()
         try:

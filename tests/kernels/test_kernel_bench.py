@@ -42,6 +42,8 @@ def test_every_kernel_is_checked_then_timed(device, dtype):
     assert "100.00% of 256 tokens" in rows[0].check_detail
     lines = bench.format_rows(rows)
     assert all("check ok" in line for line in lines)
+    # the autotuner's choice is named (one config in the interpreter, the GPU list on a GPU)
+    assert all(r.config.startswith("BLOCK_M=") and " w" in r.config for r in rows)
     targets = bench.check_targets(rows)  # every kernel "as fast" as each baseline: 1x
     assert any("nearest_code" not in t and "code_head" in t and "got 1.00x: MISSED" in t for t in targets)
     assert any("attention" in t and "got 1.00x: met" in t for t in targets)
@@ -60,3 +62,21 @@ def test_a_wrong_kernel_fails_its_check(device, monkeypatch):
     assert not row.check_passed
     assert "0.00% of 256 tokens" in row.check_detail
     assert "CHECK FAILED" in bench.format_rows([row])[0]
+
+
+def test_attention_is_timed_on_the_strides_the_model_passes():
+    """The layouts of MODEL_ATTENTION_LAYOUTS are those of the official model's own calls."""
+    from daefr.kernels.compile_report import record_model_calls
+
+    recorded = {
+        tuple(call.args[0].shape[1::2]): call.args[0].stride()
+        for call in record_model_calls(batch=2)
+        if call.op == "fused_attention"
+    }
+    assert set(recorded) == set(bench.MODEL_ATTENTION_LAYOUTS)
+    for (heads, head_dim), layout in bench.MODEL_ATTENTION_LAYOUTS.items():
+        q = bench.attention_input(2, heads, head_dim, layout, torch.float32, "cpu")
+        assert q.shape == (2, heads, bench.TOKENS, head_dim)
+        assert q.stride() == recorded[(heads, head_dim)], (heads, head_dim, layout)
+    with pytest.raises(ValueError, match="unknown attention layout"):
+        bench.attention_input(1, 8, 64, "diagonal", torch.float32, "cpu")
