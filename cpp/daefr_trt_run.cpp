@@ -119,8 +119,10 @@ int run(const std::vector<std::string>& args) {
   std::map<std::string, std::size_t> bytes;
   for (int i = 0; i < engine->getNbIOTensors(); ++i) {  // bind by name, never by position
     const char* name = engine->getIOTensorName(i);
-    if (engine->getTensorIOMode(name) == nvinfer1::TensorIOMode::kINPUT)
-      context->setInputShape(name, nvinfer1::Dims4{batch, 3, res, res});
+    if (engine->getTensorIOMode(name) == nvinfer1::TensorIOMode::kINPUT &&
+        !context->setInputShape(name, nvinfer1::Dims4{batch, 3, res, res}))
+      throw std::runtime_error(std::string("the engine refuses input shape (") + std::to_string(batch) + ", 3, " +
+                               std::to_string(res) + ", " + std::to_string(res) + ") for " + name);
   }
   for (int i = 0; i < engine->getNbIOTensors(); ++i) {
     const char* name = engine->getIOTensorName(i);

@@ -1,9 +1,8 @@
-"""AOT adapter kernels and the TensorRT plugin definitions behind ``plugins.register_plugins``.
+"""AOT adapter kernels for the TensorRT plugins of ``plugins.register_plugins``, compiled to PTX.
 
 Imported only when engines are built with ``--plugins``: it needs Triton (compiling for a
-CUDA target) and, for ``register_once``, TensorRT >= 10.7 with ``tensorrt.plugin``. UNTESTED
-against TensorRT here (it cannot be installed on this project's machines); ``compile_ptx``
-is exercised on the CPU by the tests (Triton compiles PTX without a GPU).
+CUDA target); the TensorRT plugin definitions are in ``trt_plugin_defs.py``. The compile
+functions are exercised on the CPU by the tests (Triton compiles PTX without a GPU).
 
 TensorRT calls an AOT kernel as ``kernel(inputs..., extra int32 args..., outputs...)``. The
 adapters below have exactly that signature and call the real kernels of ``daefr.kernels``
@@ -13,13 +12,18 @@ scalars (LayerNorm eps, the softmax scale) and the static sizes are compile-time
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
 
 import triton
 import triton.language as tl
 
-from daefr.kernels.attention import _attention_kernel
+from daefr.kernels._launch import interpreting
+from daefr.kernels.attention import _attention_kernel, _head_dim_blocks
 from daefr.kernels.head import _code_head_kernel
 
 # The kernels are autotuned; the adapters call the plain jitted function with one config.
@@ -28,6 +32,8 @@ _code_head_body = _code_head_kernel.fn
 ATTENTION_BLOCKS = {"BLOCK_M": 64, "BLOCK_N": 64}
 CODE_HEAD_BLOCKS = {"BLOCK_M": 32, "BLOCK_K": 64, "BLOCK_C": 64}
 NUM_WARPS = 4
+# None: compile for the GPU of this process (TensorRT builds the engine there); tests set 90
+TARGET_ARCH: int | None = None
 
 
 @triton.jit
@@ -79,6 +85,7 @@ def fused_attention_aot(
     QK_SCALE: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -90,7 +97,7 @@ def fused_attention_aot(
         H * N_KV * HEAD_DIM, N_KV * HEAD_DIM, HEAD_DIM, 1,
         H * N_Q * HEAD_DIM, N_Q * HEAD_DIM, HEAD_DIM, 1,
         BLOCK_D=BLOCK_D, BLOCK_DV=BLOCK_DV, SINGLE_D=BLOCK_D >= HEAD_DIM, UPCAST=False,
-        DOT_PRECISION="tf32", BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+        DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
     )  # fmt: skip
 
 
@@ -108,17 +115,42 @@ def _compile(
     from triton.backends.compiler import GPUTarget
 
     src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    arch = TARGET_ARCH if arch is None else arch
     target = None if arch is None else GPUTarget("cuda", arch, 32)
     compiled = triton.compile(src, target=target, options={"num_warps": NUM_WARPS})
-    return CompiledKernel(
-        compiled.metadata.name, compiled.asm["ptx"], compiled.metadata.num_warps, compiled.metadata.shared
-    )
+    # Triton appends scratch pointers to every kernel; TensorRT passes only inputs, extra
+    # int32s and outputs, so they must be unused (size 0), as they are for these kernels
+    meta = compiled.metadata
+    scratch = getattr(meta, "global_scratch_size", 0) + getattr(meta, "profile_scratch_size", 0)
+    if scratch:
+        raise RuntimeError(
+            f"{meta.name} needs {scratch} bytes of Triton scratch memory, which a TensorRT AOT "
+            "plugin launch does not provide"
+        )
+    return CompiledKernel(meta.name, compiled.asm["ptx"], meta.num_warps, meta.shared)
+
+
+def _compile_in_subprocess(kernel: str, **kwargs: object) -> CompiledKernel:
+    """Under TRITON_INTERPRET=1 (the export CLI traces with the interpreter) every @triton.jit
+    function here is an interpreted one that cannot be compiled: compile in a fresh process."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    request = json.dumps({"kernel": kernel, **kwargs})
+    done = subprocess.run(
+        [sys.executable, "-m", "daefr.export.plugin_kernels"],
+        input=request, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"compiling the {kernel} plugin kernel ({request}) failed:\n{done.stderr[-3000:]}")
+    return CompiledKernel(**json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def compile_code_head(
     dtype: str, c: int, k: int, d: int, eps: float, arch: int | None = None
 ) -> CompiledKernel:
     """dtype: Triton type of x/weights ("fp32" under ``precision.POLICY``)."""
+    if interpreting():
+        arch = TARGET_ARCH if arch is None else arch
+        return _compile_in_subprocess("code_head", dtype=dtype, c=c, k=k, d=d, eps=eps, arch=arch)
     ptr = f"*{dtype}"
     signature = {
         "x_ptr": ptr, "ln_w_ptr": ptr, "ln_b_ptr": ptr, "w_ptr": ptr, "codebook_ptr": ptr,
@@ -128,78 +160,32 @@ def compile_code_head(
     return _compile(code_head_aot, signature, constexprs, arch)
 
 
-def attention_blocks(head_dim: int) -> tuple[int, int]:
-    padded = max(16, 1 << max(head_dim - 1, 0).bit_length())
-    return min(padded, 128), min(padded, 128)
+attention_blocks = _head_dim_blocks  # (BLOCK_D, BLOCK_DV), as the eager launcher picks them
 
 
 def compile_attention(dtype: str, heads: int, head_dim: int, arch: int | None = None) -> CompiledKernel:
+    if interpreting():
+        arch = TARGET_ARCH if arch is None else arch
+        return _compile_in_subprocess("attention", dtype=dtype, heads=heads, head_dim=head_dim, arch=arch)
     ptr = f"*{dtype}"
     signature = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "N_Q": "i32", "N_KV": "i32", "o_ptr": ptr}
     block_d, block_dv = attention_blocks(head_dim)
     constexprs = {
         "H": heads, "HEAD_DIM": head_dim, "QK_SCALE": math.log2(math.e) / math.sqrt(head_dim),
         "BLOCK_D": block_d, "BLOCK_DV": block_dv, **ATTENTION_BLOCKS,
+        # exact fp32 products for fp32, as the eager launcher (kernels/_launch.dot_precision)
+        "DOT_PRECISION": "ieee" if dtype == "fp32" else "tf32",
     }  # fmt: skip
     return _compile(fused_attention_aot, signature, constexprs, arch)
 
 
-_REGISTERED = False
+def main() -> int:
+    """``python -m daefr.export.plugin_kernels`` < JSON request: compile, print the kernel as JSON."""
+    request = json.loads(sys.stdin.read())
+    compile_fn = {"attention": compile_attention, "code_head": compile_code_head}[request.pop("kernel")]
+    print(json.dumps(asdict(compile_fn(**request))))
+    return 0
 
 
-def register_once() -> None:
-    """The ``tensorrt.plugin`` definitions (shape/type descriptors + AOT implementations)."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    import numpy as np
-    import tensorrt as trt
-    import tensorrt.plugin as trtp
-
-    def triton_dtype(desc: trtp.TensorDesc) -> str:
-        return {trt.float32: "fp32", trt.float16: "fp16"}[desc.dtype]
-
-    @trtp.register("daefr::fused_attention")
-    def _attention_desc(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc) -> trtp.TensorDesc:
-        return q.like()
-
-    @trtp.aot_impl("daefr::fused_attention")
-    def _attention_aot(q, k, v, outputs, tactic):  # noqa: ANN001, ANN202 (signature checked by TensorRT)
-        heads, head_dim = int(q.shape_expr[1]), int(q.shape_expr[3])  # static in our graphs
-        kernel = compile_attention(triton_dtype(q), heads, head_dim)
-        block_d, block_dv = attention_blocks(head_dim)
-        launch = trtp.KernelLaunchParams()
-        launch.grid_x = trtp.cdiv(q.shape_expr[2], ATTENTION_BLOCKS["BLOCK_M"])
-        launch.grid_y = q.shape_expr[0] * heads
-        launch.grid_z = trtp.cdiv(head_dim, block_dv)
-        launch.block_x = kernel.num_warps * 32
-        launch.shared_mem = kernel.shared_mem
-        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(q.shape_expr[2]), trtp.SymInt32(k.shape_expr[2])])
-        return kernel.name.encode(), kernel.ptx.encode(), launch, extra
-
-    @trtp.register("daefr::code_head")
-    def _code_head_desc(
-        x: trtp.TensorDesc,
-        ln_w: trtp.TensorDesc,
-        ln_b: trtp.TensorDesc,
-        proj_w: trtp.TensorDesc,
-        codebook: trtp.TensorDesc,
-        eps: float,
-    ) -> tuple[trtp.TensorDesc, trtp.TensorDesc]:
-        m = x.shape_expr[0]
-        idx = trtp.from_shape_expr((m,), dtype=trt.int32)
-        codes = trtp.from_shape_expr((m, codebook.shape_expr[1]), dtype=codebook.dtype)
-        return idx, codes
-
-    @trtp.aot_impl("daefr::code_head")
-    def _code_head_aot(x, ln_w, ln_b, proj_w, codebook, eps, outputs, tactic):  # noqa: ANN001, ANN202
-        c, k, d = int(x.shape_expr[1]), int(codebook.shape_expr[0]), int(codebook.shape_expr[1])
-        kernel = compile_code_head(triton_dtype(x), c, k, d, float(np.float32(eps)))
-        launch = trtp.KernelLaunchParams()
-        launch.grid_x = trtp.cdiv(x.shape_expr[0], CODE_HEAD_BLOCKS["BLOCK_M"])
-        launch.block_x = kernel.num_warps * 32
-        launch.shared_mem = kernel.shared_mem
-        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(x.shape_expr[0])])
-        return kernel.name.encode(), kernel.ptx.encode(), launch, extra
-
-    _REGISTERED = True
+if __name__ == "__main__":
+    sys.exit(main())

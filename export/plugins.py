@@ -16,7 +16,8 @@ Two halves:
    engine runs without Python (``daefr-trt-run``). TensorRT launches an AOT kernel with
    (input pointers, int32 extra arguments, output pointers); our kernels take sizes, strides
    and float scalars in between, so ``plugin_kernels.py`` holds thin adapter kernels with
-   that calling convention which call the real kernels with contiguous strides.
+   that calling convention which call the real kernels with contiguous strides, and
+   ``trt_plugin_defs.py`` the TensorRT definitions.
 
 ONNX Runtime has no implementation of these nodes: plugin-variant graphs are checked for
 their nodes (tests), and their engines compared with eager (``compare.compare_backends``
@@ -147,6 +148,6 @@ def register_plugins() -> None:
     UNTESTED: needs TensorRT >= 10.7 (``tensorrt.plugin``) and Triton with a CUDA target.
     Idempotent: the TensorRT plugin registry refuses a second registration of one id.
     """
-    from daefr.export import plugin_kernels
+    from daefr.export import trt_plugin_defs
 
-    plugin_kernels.register_once()
+    trt_plugin_defs.register_once()

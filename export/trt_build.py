@@ -13,7 +13,8 @@ against the TensorRT 10.x/11 Python documentation:
   version, which the cache file name includes);
 - build progress through ``IProgressMonitor`` where the bindings have it;
 - an engine cache keyed by the ONNX sha256, TensorRT version, GPU name and compute
-  capability and every build flag, so a stale engine is never loaded.
+  capability and every build flag (plugin engines: also the kernel sources and the Triton
+  version), so a stale engine is never loaded.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -83,10 +85,27 @@ class EngineSpec:
             )
 
 
+def plugin_code_digest() -> str:
+    """sha256 over the Triton version and the sources compiled into plugin engines (the ONNX
+    of a plugin graph names the kernels but does not contain them)."""
+    import triton
+
+    from daefr.export import plugin_kernels, trt_plugin_defs
+    from daefr.kernels import _launch, attention, head
+
+    digest = hashlib.sha256(triton.__version__.encode())
+    for module in (plugin_kernels, trt_plugin_defs, attention, head, _launch):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
 def engine_key(spec: EngineSpec, trt_version: str, gpu: Mapping[str, str]) -> str:
-    """sha256 over the spec, the TensorRT version and the GPU: equal keys, same engine."""
-    payload = json.dumps({"spec": asdict(spec), "tensorrt": trt_version, **gpu}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    """sha256 over the spec, the TensorRT version and the GPU (and for plugin engines the
+    kernel sources and Triton version): equal keys, same engine."""
+    payload = {"spec": asdict(spec), "tensorrt": trt_version, **gpu}
+    if spec.plugins:
+        payload["plugin_code"] = plugin_code_digest()
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -186,7 +205,9 @@ def build_engine(
     config.add_optimization_profile(profile)
     cache_blob = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
     cache = config.create_timing_cache(cache_blob)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False) and cache_blob:
+        log.warning("%s does not match this GPU/TensorRT: building without it", timing_cache)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     monitor = _progress_monitor(trt)
     if monitor is not None:
         config.progress_monitor = monitor
@@ -201,9 +222,10 @@ def build_engine(
 
 
 def timing_cache_path(out_dir: Path) -> Path:
-    """One timing cache per TensorRT version and GPU (it is invalid across either)."""
+    """One timing cache per TensorRT version and GPU model (it is invalid across either)."""
     import tensorrt as trt
 
     gpu = gpu_identity()
-    tag = f"{trt.__version__}-sm{gpu['compute_capability'].replace('.', '')}"
+    model = re.sub(r"[^A-Za-z0-9]+", "-", gpu["gpu"]).strip("-")
+    tag = f"{trt.__version__}-sm{gpu['compute_capability'].replace('.', '')}-{model}"
     return Path(out_dir) / f"timing-{tag}.cache"

@@ -80,3 +80,69 @@ def test_aot_adapters_compile_to_ptx_with_trt_calling_convention():
     # Triton may append its own scratch pointers after the outputs; the order before them is ours.
     assert lines["fused_attention_aot"].startswith("ptr ptr ptr u32 u32 ptr")
     assert lines["code_head_aot"].startswith("ptr ptr ptr ptr ptr u32 ptr ptr")
+
+
+def _register_with_stand_in(monkeypatch):
+    import fake_tensorrt_plugin
+
+    from daefr.export import plugin_kernels, trt_plugin_defs
+
+    monkeypatch.setattr(trt_plugin_defs, "_REGISTERED", False)
+    monkeypatch.setattr(plugin_kernels, "TARGET_ARCH", 90)  # no GPU here: compile for the H100
+    with fake_tensorrt_plugin.installed(monkeypatch) as trtp:
+        trt_plugin_defs.register_once()  # TensorRT validates the annotations here
+        return trtp
+
+
+def test_plugin_definitions_pass_tensorrts_decoration_checks_and_launch_right(monkeypatch):
+    """With a stand-in of ``tensorrt.plugin`` that validates as its source does: real (not
+    string) annotations, the aot_impl return annotation, static dims through
+    ``constant_value()``. The AOT kernels really compile (in a subprocess: this session
+    interprets Triton, as the export CLI does)."""
+    trtp = _register_with_stand_in(monkeypatch)
+    assert set(trtp.AOT_IMPLS) == {"daefr::fused_attention", "daefr::code_head"}
+    batch, tokens = trtp.ShapeExpr(None, "B"), trtp.ShapeExpr(256)
+
+    q = trtp.TensorDesc((batch, trtp.ShapeExpr(1), tokens, trtp.ShapeExpr(512)), trtp.float16)
+    name, ptx, launch, extra = trtp.AOT_IMPLS["daefr::fused_attention"](q, q, q, (q.like(),), 0)
+    assert name == b"fused_attention_aot" and b".entry fused_attention_aot" in ptx
+    assert launch.grid_z == 4 and launch.block_x == 128  # Dh 512 in 128-wide slices, 4 warps
+    assert launch.grid_x.constant_value() == 4 and not launch.grid_y.is_constant  # batch stays symbolic
+    assert len(extra.items) == 2
+
+    x = trtp.TensorDesc((trtp.ShapeExpr(None, "M"), trtp.ShapeExpr(512)), trtp.float32)
+    vec = trtp.TensorDesc((trtp.ShapeExpr(512),), trtp.float32)
+    proj = trtp.TensorDesc((trtp.ShapeExpr(1024), trtp.ShapeExpr(512)), trtp.float32)
+    codebook = trtp.TensorDesc((trtp.ShapeExpr(1024), trtp.ShapeExpr(256)), trtp.float32)
+    idx, codes = trtp.REGISTERED["daefr::code_head"](x, vec, vec, proj, codebook, 1e-5)
+    assert idx.dtype is trtp.int32 and codes.shape_expr[1].constant_value() == 256
+    name, ptx, launch, extra = trtp.AOT_IMPLS["daefr::code_head"](
+        x, vec, vec, proj, codebook, 1e-5, (idx, codes), 0
+    )
+    assert name == b"code_head_aot" and b".entry code_head_aot" in ptx
+    assert not launch.grid_x.is_constant and len(extra.items) == 1
+
+
+def test_a_dynamic_head_dim_is_a_clear_error(monkeypatch):
+    trtp = _register_with_stand_in(monkeypatch)
+    dynamic = trtp.ShapeExpr(None, "Dh")
+    q = trtp.TensorDesc(
+        (trtp.ShapeExpr(None, "B"), trtp.ShapeExpr(8), trtp.ShapeExpr(256), dynamic), trtp.float16
+    )
+    with pytest.raises(ValueError, match="attention head dim must be static"):
+        trtp.AOT_IMPLS["daefr::fused_attention"](q, q, q, (q.like(),), 0)
+
+
+def test_string_annotations_would_break_registration(monkeypatch):
+    """Why trt_plugin_defs.py has no ``from __future__ import annotations``: the stand-in,
+    like TensorRT, cannot check a string annotation."""
+    import fake_tensorrt_plugin
+
+    with fake_tensorrt_plugin.installed(monkeypatch) as trtp, pytest.raises(TypeError):
+
+        @trtp.register("daefr::broken")
+        def _desc(q: "trtp.TensorDesc") -> "trtp.TensorDesc":  # noqa: UP037
+            return q
+
+    source = open(os.path.join(os.path.dirname(__file__), "../../export/trt_plugin_defs.py")).read()
+    assert "from __future__ import annotations" not in source.replace("NOT use ``from __future__", "")

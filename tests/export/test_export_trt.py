@@ -31,6 +31,18 @@ def test_engine_key_changes_with_every_input():
     assert base not in variants and len(set(variants)) == len(variants)
 
 
+def test_plugin_engine_keys_follow_the_kernel_code(monkeypatch):
+    """A plugin ONNX only names its kernels: editing them (or another Triton) must rebuild."""
+    from daefr.export import trt_build
+
+    plugins = replace(SPEC, plugins=True)
+    real = engine_key(plugins, "11.4.0", GPU)
+    assert real == engine_key(plugins, "11.4.0", GPU)  # the digest of the installed sources
+    monkeypatch.setattr(trt_build, "plugin_code_digest", lambda: "edited kernel")
+    assert engine_key(plugins, "11.4.0", GPU) != real
+    assert engine_key(SPEC, "11.4.0", GPU) == engine_key(SPEC, "11.4.0", GPU)  # no digest without plugins
+
+
 def test_engine_spec_validates_the_profile():
     with pytest.raises(ValueError, match="1 <= min <= opt <= max"):
         EngineSpec("daefr", "ab" * 32, 1, 8, 4, fp16=True, plugins=False)
