@@ -135,7 +135,9 @@ def crops_to_batch(crops: np.ndarray, device: torch.device | str | None = None) 
     x = torch.from_numpy(crops)
     if device is not None:
         x = x.to(device)
-    return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    # contiguous NCHW (a permuted view would reach the network channels-last, unlike the
+    # batches of time_network and the captured CUDA graphs); cheapest while still uint8
+    return x.permute(0, 3, 1, 2).contiguous().float().div_(127.5).sub_(1.0)
 
 
 def batch_to_crops(restored: torch.Tensor) -> np.ndarray:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from tolerances import ORT_FP32_RESTORED_ATOL, TORCH_FP16_RESTORED_ATOL
+from tolerances import FP16_CODE_AGREEMENT, ORT_FP32_RESTORED_ATOL, TORCH_FP16_RESTORED_ATOL
 
 from daefr.export.manifest import FORMAT, MANIFEST_NAME, sha256_file
 from daefr.runtime.backends import BackendError, BackendUnavailable, Restorer, create_restorer
@@ -149,22 +149,33 @@ def test_manifest_of_another_format_is_refused(engine_dir):
 # -- GPU tier ------------------------------------------------------------------------------
 @pytest.mark.gpu
 def test_torch_cuda_graphs_match_eager_on_gpu(tiny_runtime_model, faces_batch):
-    ref_restored, ref_idx = eager(tiny_runtime_model, faces_batch)
-    model = copy.deepcopy(tiny_runtime_model)
-    restorer = create_restorer("torch", model=model, device="cuda", cuda_graphs=True)
+    """Against eager on the same GPU: cuDNN's TF32 convolutions make CPU fp32 a different
+    computation (a few codes flip), which is not what the graphs are tested for."""
+    reference = create_restorer("torch", model=copy.deepcopy(tiny_runtime_model), device="cuda")
+    ref_restored, ref_idx = reference.restore(faces_batch)
+    restorer = create_restorer(
+        "torch", model=copy.deepcopy(tiny_runtime_model), device="cuda", cuda_graphs=True
+    )
     for _ in range(2):  # capture, then replay
         restored, code_idx = restorer.restore(faces_batch)
-    assert torch.equal(code_idx.cpu(), ref_idx)
-    assert (restored.cpu() - ref_restored).abs().max().item() < ORT_FP32_RESTORED_ATOL * 10
+    assert torch.equal(code_idx.cpu(), ref_idx.cpu())
+    assert (restored.cpu() - ref_restored.cpu()).abs().max().item() < ORT_FP32_RESTORED_ATOL * 10
 
 
 @pytest.mark.gpu
 def test_torch_fp16_on_gpu_is_close(tiny_runtime_model, faces_batch):
-    ref_restored, _ = eager(tiny_runtime_model, faces_batch)
+    """fp16 vs fp32 on the GPU: nearly all codes agree, and the fp16 image is within the
+    bound of the fp32 decoder fed the very same codes (a flipped code is not decoder error)."""
+    fp32 = copy.deepcopy(tiny_runtime_model).cuda()
+    _, ref_idx = eager(fp32, faces_batch.cuda())
     model = copy.deepcopy(tiny_runtime_model)
     restored, code_idx = create_restorer("torch", model=model, device="cuda", fp16=True).restore(faces_batch)
     assert restored.dtype == torch.float32 and code_idx.dtype == torch.int64
-    assert (restored.cpu() - ref_restored).abs().max().item() < TORCH_FP16_RESTORED_ATOL
+    agreement = (code_idx.cpu() == ref_idx.cpu()).float().mean().item()
+    assert agreement >= FP16_CODE_AGREEMENT, agreement
+    with torch.inference_mode():
+        same_codes_fp32 = fp32.decode(code_idx.cuda())
+    assert (restored.cpu() - same_codes_fp32.cpu()).abs().max().item() < TORCH_FP16_RESTORED_ATOL
 
 
 @pytest.mark.gpu

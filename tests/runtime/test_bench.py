@@ -102,3 +102,30 @@ def test_stages_usage_error_exits_2(capsys):
         main(["stages", "--frames", "0"])
     assert exc.value.code == 2
     assert "--frames must be >= 1" in capsys.readouterr().err
+
+
+def test_every_batch_size_is_met_before_the_timed_video_on_cuda_only(monkeypatch):
+    """CUDA graphs are captured and Triton autotunes per batch size: the video bench meets
+    each size 1..B first. On the CPU there is nothing to warm (and it would cost minutes)."""
+    import torch
+
+    from daefr.runtime import bench
+    from daefr.runtime.bench import warm_every_batch_size
+
+    class Recorder:
+        resolution = 8
+
+        def __init__(self, device):
+            self.device, self.sizes = torch.device(device), []
+
+        def restore(self, batch):
+            assert batch.device == self.device
+            self.sizes.append(batch.shape[0])
+
+    cpu = Recorder("cpu")
+    warm_every_batch_size(cpu, 4)
+    assert cpu.sizes == []
+    monkeypatch.setattr(bench, "COMPILES_PER_BATCH_SIZE", ("meta",))  # "meta" plays the GPU
+    meta = Recorder("meta")
+    warm_every_batch_size(meta, 4)
+    assert meta.sizes == [1, 2, 3, 4]

@@ -159,6 +159,7 @@ def test_crops_round_trip_through_the_batch_exactly(device):
     batch = crops_to_batch(crops, device)
     assert batch.shape == (3, 3, 16, 16) and batch.dtype == torch.float32
     assert batch.device.type == (device or "cpu")
+    assert batch.is_contiguous()  # plain NCHW, as the network is timed and graphs captured
     assert batch.min() >= -1 and batch.max() <= 1
     np.testing.assert_array_equal(batch_to_crops(batch), crops)
     out_of_range = batch_to_crops(

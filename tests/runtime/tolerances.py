@@ -5,8 +5,13 @@
 ORT_FP32_RESTORED_ATOL = 1e-4
 
 # GPU eager fp16 vs fp32 (flash-attention rule): fp16 error at most 2x ... is measured by the
-# precision work in daefr.export; here only a sanity bound on the restored image.
+# precision work in daefr.export; here only a sanity bound on the restored image, decoded from
+# the same codes (one flipped code moves its 4x4 pixels of the tiny preset by up to ~1.3).
 TORCH_FP16_RESTORED_ATOL = 5e-2
+
+# fp16 vs fp32 code agreement on the tiny preset's test faces: the tiny model run in fp16 on
+# the CPU flipped 2 of 768 codes (99.7 %); TF32 convolutions (cuDNN's default) flipped 2 too.
+FP16_CODE_AGREEMENT = 0.98
 
 # Alignment: the similarity fitted to the template itself is exact up to float64 round-off.
 ALIGN_ATOL_PX = 1e-6
