@@ -6,6 +6,7 @@ A crash or an exception never leaves a half-written output under the final name.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -48,3 +49,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_report(path: str | os.PathLike[str], text: str, payload: dict) -> None:
+    """An ``--out PATH`` report, atomically: ``payload`` as JSON when PATH ends in .json,
+    else ``text`` (the table that was printed)."""
+    if str(path).endswith(".json"):
+        atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    else:
+        atomic_write_text(path, text)

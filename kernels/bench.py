@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from daefr.atomic import atomic_write_text
+from daefr.atomic import write_report
 from daefr.kernels.tolerances import (
     ATTENTION_ERROR_FLOOR,
     CODE_HEAD_LOGIT_EPS,
@@ -398,15 +397,12 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join([*header, "", *format_rows(rows), "", *check_targets(rows)]) + "\n"
     print(text, end="")
     if args.out:
-        if args.out.endswith(".json"):
-            payload = {
-                "meta": meta,
-                "rows": [asdict(r) | {"floor_fraction": r.floor_fraction} for r in rows],
-                "targets": check_targets(rows),
-            }
-            atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
-        else:
-            atomic_write_text(args.out, text)
+        payload = {
+            "meta": meta,
+            "rows": [asdict(r) | {"floor_fraction": r.floor_fraction} for r in rows],
+            "targets": check_targets(rows),
+        }
+        write_report(args.out, text, payload)
     failed = [r for r in rows if not r.check_passed]
     for r in failed:
         print(f"check failed: {r.kernel} {r.shape} B={r.batch} {r.dtype}: {r.check_detail}", file=sys.stderr)

@@ -31,7 +31,6 @@ import argparse
 import dataclasses
 import datetime
 import functools
-import json
 import os
 import re
 import subprocess
@@ -44,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from daefr.atomic import atomic_write_text
+from daefr.atomic import write_report
 from daefr.kernels._launch import KernelLaunch, interpreting
 from daefr.kernels._tiles import describe_config
 
@@ -411,11 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     text += "\n"
     print(text, end="")
     if args.out:
-        if args.out.endswith(".json"):
-            payload = {"meta": meta, "rows": [dataclasses.asdict(r) for r in rows], "problems": problems}
-            atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
-        else:
-            atomic_write_text(args.out, text)
+        payload = {"meta": meta, "rows": [dataclasses.asdict(r) for r in rows], "problems": problems}
+        write_report(args.out, text, payload)
     return 1 if problems else 0
 
 

@@ -134,3 +134,15 @@ def test_outputs_get_normal_file_permissions(tmp_path):
     atomic_write_text(target, "{}")
     assert target.read_text() == "{}"
     assert target.stat().st_mode & 0o044, "outputs must be readable by others, as with open()"
+
+
+def test_out_reports_are_json_or_the_printed_table(tmp_path):
+    import json
+
+    from daefr.atomic import write_report
+
+    write_report(tmp_path / "r.json", "the table\n", {"rows": [1, 2]})
+    write_report(tmp_path / "r.txt", "the table\n", {"rows": [1, 2]})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"rows": [1, 2]}
+    assert (tmp_path / "r.txt").read_text() == "the table\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.txt"]  # no temporaries left
