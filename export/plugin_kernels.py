@@ -130,11 +130,12 @@ def _compile(
     return CompiledKernel(meta.name, compiled.asm["ptx"], meta.num_warps, meta.shared)
 
 
-def _compile_in_subprocess(kernel: str, **kwargs: object) -> CompiledKernel:
+def _compile_in_subprocess(kernel: str, arch: int | None, **kwargs: object) -> CompiledKernel:
     """Under TRITON_INTERPRET=1 (the export CLI traces with the interpreter) every @triton.jit
     function here is an interpreted one that cannot be compiled: compile in a fresh process."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    request = json.dumps({"kernel": kernel, **kwargs})
+    arch = TARGET_ARCH if arch is None else arch  # the child's TARGET_ARCH is its default
+    request = json.dumps({"kernel": kernel, "arch": arch, **kwargs})
     done = subprocess.run(
         [sys.executable, "-m", "daefr.export.plugin_kernels"],
         input=request, env=env, capture_output=True, text=True, timeout=900,
@@ -149,7 +150,6 @@ def compile_code_head(
 ) -> CompiledKernel:
     """dtype: Triton type of x/weights ("fp32" under ``precision.POLICY``)."""
     if interpreting():
-        arch = TARGET_ARCH if arch is None else arch
         return _compile_in_subprocess("code_head", dtype=dtype, c=c, k=k, d=d, eps=eps, arch=arch)
     ptr = f"*{dtype}"
     signature = {
@@ -165,7 +165,6 @@ attention_blocks = _head_dim_blocks  # (BLOCK_D, BLOCK_DV), as the eager launche
 
 def compile_attention(dtype: str, heads: int, head_dim: int, arch: int | None = None) -> CompiledKernel:
     if interpreting():
-        arch = TARGET_ARCH if arch is None else arch
         return _compile_in_subprocess("attention", dtype=dtype, heads=heads, head_dim=head_dim, arch=arch)
     ptr = f"*{dtype}"
     signature = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "N_Q": "i32", "N_KV": "i32", "o_ptr": ptr}

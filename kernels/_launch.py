@@ -81,3 +81,11 @@ class KernelLaunch:
 
     def launch(self) -> None:
         self.kernel[self.grid](*self.args, **self.kwargs)
+
+
+def run_plan(planned: tuple[Any, KernelLaunch | None]) -> Any:
+    """Launch what a ``plan_*`` function built (nothing for empty inputs); return its outputs."""
+    outputs, launch = planned
+    if launch is not None:
+        launch.launch()
+    return outputs

@@ -26,6 +26,7 @@ from ._launch import (
     check_rank,
     dot_precision,
     next_power_of_2,
+    run_plan,
     upcast,
 )
 from ._tiles import attention_tile_configs
@@ -207,10 +208,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     -> (B, H, Nq, Dh) contiguous. Softmax statistics and accumulation in fp32."""
     _check(q, k, v)
     check_devices("fused_attention", {"q": q, "k": k, "v": v})
-    out, launch = plan_fused_attention(q, k, v)
-    if launch is not None:
-        launch.launch()
-    return out
+    return run_plan(plan_fused_attention(q, k, v))
 
 
 @fused_attention.register_fake

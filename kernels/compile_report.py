@@ -240,30 +240,34 @@ def _ptxas_usage(ptx: str) -> PtxasUsage:
 
 
 @functools.cache
-def _binder(jit: object) -> Callable:
-    """Triton's own argument binder for sm_90: (bound args, specialization, options)."""
+def _sm90_backend() -> tuple[object, object]:
+    """(target, backend) of Triton's NVIDIA compiler for sm_90, without a driver."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
+
+    target = GPUTarget("cuda", ARCH, 32)
+    return target, make_backend(target)
+
+
+@functools.cache
+def _binder(jit: object) -> Callable:
+    """Triton's own argument binder for sm_90: (bound args, specialization, options)."""
     from triton.runtime.jit import create_function_from_signature
 
-    return create_function_from_signature(
-        jit.signature, jit.params, make_backend(GPUTarget("cuda", ARCH, 32))
-    )
+    return create_function_from_signature(jit.signature, jit.params, _sm90_backend()[1])
 
 
 def compile_launch(launch: KernelLaunch, config: object) -> object:
     """Compile ``launch`` with one autotune config for sm_90, as the JIT would on an H100.
 
-    Uses Triton 3.9's JIT binder (the runtime's argument specialisation) and ``triton.compile``
+    Uses Triton's JIT binder (the runtime's argument specialisation) and ``triton.compile``
     with an explicit target, so no driver or GPU is needed.
     """
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
+    from triton.compiler import ASTSource
 
     jit = launch.kernel.fn
-    target = GPUTarget("cuda", ARCH, 32)
-    backend = make_backend(target)
+    target, backend = _sm90_backend()
     kwargs = {**launch.kwargs, **config.all_kwargs()}
     bound, specialization, options = _binder(jit)(*launch.args, **kwargs)
     options, signature, constexprs, attrs = jit._pack_args(backend, kwargs, bound, specialization, options)
@@ -317,10 +321,8 @@ def find_problems(rows: Iterable[Row], sm: SmLimits = SM90) -> list[str]:
             problems.append(f"half-precision dots without tensor cores: {where}")
     usable: dict[tuple, bool] = {}
     for r in rows:
-        ok = r.compiled and r.shared_bytes <= sm.shared_per_block
-        usable[(r.op, r.shapes, r.source, r.dtype)] = (
-            usable.get((r.op, r.shapes, r.source, r.dtype), False) or ok
-        )
+        call = (r.op, r.shapes, r.source, r.dtype)
+        usable[call] = usable.get(call, False) or (r.compiled and r.shared_bytes <= sm.shared_per_block)
     problems += [f"no usable config: {' '.join(k)}" for k, ok in usable.items() if not ok]
     return problems
 

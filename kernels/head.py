@@ -17,6 +17,7 @@ from ._launch import (
     check_dtypes,
     check_rank,
     dot_precision,
+    run_plan,
     upcast,
 )
 from ._tiles import codebook_tile_configs
@@ -210,10 +211,7 @@ def code_head(
     """
     tensors = _check(x, ln_weight, ln_bias, proj_weight, codebook)
     check_devices("code_head", tensors)
-    outputs, launch = plan_code_head(x, ln_weight, ln_bias, eps, proj_weight, codebook, return_logits)
-    if launch is not None:
-        launch.launch()
-    return outputs
+    return run_plan(plan_code_head(x, ln_weight, ln_bias, eps, proj_weight, codebook, return_logits))
 
 
 @code_head.register_fake

@@ -17,6 +17,7 @@ from ._launch import (
     check_dtypes,
     check_rank,
     dot_precision,
+    run_plan,
     upcast,
 )
 from ._tiles import codebook_tile_configs
@@ -151,10 +152,7 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor,
     """
     _check(z, codebook)
     check_devices("nearest_code", {"z": z, "codebook": codebook})
-    outputs, launch = plan_nearest_code(z, codebook)
-    if launch is not None:
-        launch.launch()
-    return outputs
+    return run_plan(plan_nearest_code(z, codebook))
 
 
 @nearest_code.register_fake
