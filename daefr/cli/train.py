@@ -5,17 +5,22 @@
     daefr-train fusion      --data faces/ --init runs/association/last.pt --out runs/fusion
     torchrun --nproc-per-node 8 -m daefr.cli.train codebook ...   (one process per GPU)
 
-The fusion stage writes ``daefr.pt``, loadable by ``daefr.load_model``. Exit 0 ok, 1 when
-training fails (e.g. a non-finite loss), 2 on usage errors (flags, data, checkpoints).
+The fusion stage writes ``daefr.pt``, loadable by ``daefr.load_model``. Defaults train what the
+original code trains (``daefr.training.config``) with the paper's recipe; ``--recipe released``
+takes the public configs' batch, lr and lengths. Exit 0 ok, 1 when training fails (a non-finite
+loss or weight: the last good checkpoint is kept), 2 on usage errors (flags, data, checkpoints).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from tqdm import tqdm
@@ -24,38 +29,101 @@ from daefr.checkpoint import CheckpointError
 from daefr.config import PRESETS
 from daefr.training.assemble import AssemblyError
 from daefr.training.branches import BranchStageError
-from daefr.training.config import STAGE_DEFAULTS, STAGES, stage_config
+from daefr.training.config import (
+    AMP_MODES,
+    CODEBOOK_FORMS,
+    RECIPE_NAMES,
+    RECIPES,
+    STAGES,
+    TrainConfig,
+    stage_config,
+)
 from daefr.training.data import DataError, list_images
 from daefr.training.distributed import shutdown
 from daefr.training.fusion import FusionStageError
 from daefr.training.loop import TrainingError
 from daefr.training.losses import PerceptualWeightsError, load_perceptual
-from daefr.training.precision import default_amp
 from daefr.training.runner import train
 from daefr.training.state import TrainingCheckpointError
 
 PROG = "daefr-train"
 NEEDS_INIT = ("association", "fusion")
 NEEDS_PERCEPTUAL = ("codebook", "association")
+MAX_SEED = 2**32 - 1
+MAX_WORKERS = 128
 
 
 class UsageError(ValueError):
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``daefr-train: error: ...``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            allowed = f">= {low}" if high is None else f"in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"{text}: must be {allowed}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (refuses inf, nan, 0 and negatives)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be a finite number > 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=PROG,
-        description="Train a DAEFR stage: codebook -> association -> fusion.",
+        description="Train a DAEFR stage: codebook -> association -> fusion. Defaults train what "
+        "the original code trains, with the paper's batch, lr and lengths (--recipe paper).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("stage", choices=STAGES, help="which stage to train")
     p.add_argument("--data", type=Path, required=True, help="folder of (aligned) face images")
     p.add_argument("--preset", choices=sorted(PRESETS), default="official", help="model size")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/STAGE)")
-    p.add_argument("--steps", type=int, default=None, help="total steps (default: the paper's for the stage)")
-    p.add_argument("--batch-size", type=int, default=4, help="per process; lr = base-lr x batch x processes")
-    p.add_argument("--base-lr", type=float, default=4.5e-6, help="4.5e-6 x 4 x 8 GPUs = the paper's 1.44e-4")
+    p.add_argument(
+        "--recipe",
+        choices=RECIPE_NAMES,
+        default="paper",
+        help="batch, lr and steps: 'paper' (8 GPUs x 4, lr 1.44e-4, 700K/400K/70K/100K steps) or "
+        "'released' (the public configs: 4 GPUs, batch 3/2/2, their epochs as steps)",
+    )
+    p.add_argument("--steps", type=_int_in(1), default=None, help="total steps (default: the recipe's)")
+    p.add_argument(
+        "--lq-steps",
+        type=_int_in(1),
+        default=None,
+        help="codebook stage: steps of the LQ branch (default: the recipe's, or --steps when given)",
+    )
+    p.add_argument("--batch-size", type=_int_in(1), default=None, help="per process (default: the recipe's)")
+    p.add_argument(
+        "--base-lr",
+        type=_positive_float,
+        default=None,
+        help="lr = base-lr x batch x processes (default: the recipe's 4.5e-6)",
+    )
     p.add_argument("--init", type=Path, default=None, help="previous stage's checkpoint to start from")
     p.add_argument("--resume", type=Path, default=None, help="this stage's checkpoint to continue")
     p.add_argument(
@@ -65,18 +133,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="LPIPS-VGG weights (torch.save(lpips.LPIPS(net='vgg').state_dict(), PATH)), or 'none' "
         "to train without the perceptual loss; required by the codebook and association stages",
     )
+    p.add_argument(
+        "--perceptual-dropout",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="LPIPS heads' Dropout(0.5) on while training, as in the original",
+    )
+    p.add_argument(
+        "--codebook-loss",
+        choices=CODEBOOK_FORMS,
+        default="original",
+        help="'original': weight 1 on the commitment term, beta on the codebook term (the code "
+        "that made the released weights); 'paper': Eq. 2 as printed",
+    )
+    p.add_argument(
+        "--freeze-encoders",
+        action="store_true",
+        help="fusion stage: train only MHCA + transformer (the paper's text) instead of the "
+        "original's encoders + MHCA + transformer",
+    )
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
     p.add_argument(
-        "--amp", choices=("auto", "off", "bf16", "fp16"), default="auto", help="mixed precision (CUDA)"
+        "--amp",
+        choices=AMP_MODES,
+        default="off",
+        help="mixed precision on CUDA; codes, targets and losses stay fp32",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, data order and degradations")
     p.add_argument(
-        "--disc-start", type=int, default=None, help="step at which the GAN loss starts (stage default)"
+        "--seed", type=_int_in(0, MAX_SEED), default=0, help="seed of weights, data order and degradations"
+    )
+    p.add_argument(
+        "--disc-start",
+        type=_int_in(0),
+        default=None,
+        help="step at which the GAN loss starts (stage default)",
     )
     p.add_argument("--impl", choices=("torch", "triton"), default="torch", help="nearest-code search")
-    p.add_argument("--num-workers", type=int, default=4, help="data loader processes")
-    p.add_argument("--log-every", type=int, default=50, help="log a summary line every N steps")
-    p.add_argument("--save-every", type=int, default=5000, help="checkpoint every N steps (and at the end)")
+    p.add_argument("--num-workers", type=_int_in(0, MAX_WORKERS), default=4, help="data loader processes")
+    p.add_argument("--log-every", type=_int_in(1), default=50, help="log a summary line every N steps")
+    p.add_argument(
+        "--save-every", type=_int_in(1), default=5000, help="checkpoint every N steps (and at the end)"
+    )
     verbosity = p.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="errors only, no progress bar")
@@ -98,13 +195,10 @@ def _device(name: str | None) -> torch.device:
 
 
 def _check(args: argparse.Namespace) -> None:
-    for flag in ("steps", "batch_size", "num_workers", "log_every", "save_every", "disc_start"):
-        value = getattr(args, flag)
-        minimum = 0 if flag in ("num_workers", "disc_start") else 1
-        if value is not None and value < minimum:
-            raise UsageError(f"--{flag.replace('_', '-')} {value}: must be >= {minimum}")
-    if args.base_lr <= 0:
-        raise UsageError(f"--base-lr {args.base_lr}: must be > 0")
+    if args.lq_steps is not None and args.stage != "codebook":
+        raise UsageError("--lq-steps: only the codebook stage has an LQ branch of its own length")
+    if args.freeze_encoders and args.stage != "fusion":
+        raise UsageError("--freeze-encoders: only the fusion stage trains the associated encoders")
     if not list_images(args.data):
         raise UsageError(f"--data {args.data}: no images in this folder")
     if args.init is not None and args.resume is not None:
@@ -127,14 +221,45 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("--disc-start: the fusion stage has no discriminator")
 
 
+def _config(args: argparse.Namespace, amp: str, loss: dict[str, object]) -> TrainConfig:
+    """The TrainConfig of the flags: the recipe's batch, lr and steps unless given."""
+    steps = args.steps or RECIPES[args.recipe].steps[args.stage]
+    if args.lq_steps is not None and args.lq_steps > steps:
+        raise UsageError(f"--lq-steps {args.lq_steps}: must be <= the {steps} steps of the run (--steps)")
+    overrides: dict[str, object] = {}
+    for flag in ("steps", "lq_steps", "batch_size", "base_lr"):
+        if getattr(args, flag) is not None:
+            overrides[flag] = getattr(args, flag)
+    if args.stage == "fusion":
+        overrides["freeze_encoders"] = args.freeze_encoders
+    if args.stage in NEEDS_PERCEPTUAL:
+        loss.update(codebook_form=args.codebook_loss, perceptual_dropout=args.perceptual_dropout)
+    return stage_config(
+        args.stage,
+        loss=loss,
+        recipe=args.recipe,
+        preset=args.preset,
+        seed=args.seed,
+        amp=amp,
+        impl=args.impl,
+        num_workers=args.num_workers,
+        log_every=args.log_every,
+        save_every=args.save_every,
+        **overrides,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a one-line usage error (2)
+        return int(exit_.code or 0)
     level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         _check(args)
         device = _device(args.device)
-        amp = default_amp(device) if args.amp == "auto" else args.amp
+        amp = args.amp
         if device.type == "cpu" and amp != "off":
             raise UsageError(f"--amp {amp}: mixed precision needs CUDA; use --amp off on the CPU")
         perceptual = None
@@ -145,20 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             perceptual = load_perceptual(args.perceptual)
         if args.disc_start is not None:
             loss["disc_start"] = args.disc_start
-        cfg = stage_config(
-            args.stage,
-            loss=loss,
-            preset=args.preset,
-            steps=args.steps or STAGE_DEFAULTS[args.stage].steps,
-            batch_size=args.batch_size,
-            base_lr=args.base_lr,
-            seed=args.seed,
-            amp=amp,
-            impl=args.impl,
-            num_workers=args.num_workers,
-            log_every=args.log_every,
-            save_every=args.save_every,
-        )
+        cfg = _config(args, amp, loss)
     except (UsageError, DataError, PerceptualWeightsError, ValueError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

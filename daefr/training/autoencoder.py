@@ -27,6 +27,17 @@ class AutoencoderOutput(NamedTuple):
     idx: torch.Tensor
 
 
+def nearest_code_fp32(codebook: Codebook, feat: torch.Tensor) -> torch.Tensor:
+    """feat: (B, D, r, r) -> idx (B, r*r) of the nearest codes, distances in fp32.
+
+    Autocast would otherwise run the distance matmul in bf16/fp16 and change the picks
+    (0.7-40 % of codes in a synthetic test); the original trains in fp32.
+    """
+    with torch.no_grad(), torch.autocast(feat.device.type, enabled=False):
+        _, idx = codebook.quantize(feat.detach().float())
+    return idx
+
+
 class VQAutoencoder(nn.Module):
     """Encoder -> quant_conv -> nearest code -> (straight-through) -> post_quant_conv -> Decoder.
 
@@ -55,10 +66,10 @@ class VQAutoencoder(nn.Module):
         return self.quant_conv(self.encoder(image))
 
     def quantize_features(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """feat: (B, D, r, r) -> (codes (B, D, r, r) with gradient to the codebook, idx (B, r*r))."""
+        """feat: (B, D, r, r) -> (codes (B, D, r, r) fp32 with gradient to the codebook,
+        idx (B, r*r)). The nearest-code search runs in fp32 under any autocast."""
         b, d, h, w = feat.shape
-        with torch.no_grad():
-            _, idx = self.quantize.quantize(feat.detach())
+        idx = nearest_code_fp32(self.quantize, feat)
         codes = self.quantize.lookup(idx)  # (B, N, D), a differentiable gather
         return codes.transpose(1, 2).reshape(b, d, h, w), idx
 

@@ -3,10 +3,21 @@
 - codebook: the HQ autoencoder reconstructs clean faces, the LQ one degraded faces; each with
   L1 + perceptual + adversarial (PatchGAN, hinge, adaptive weight, from ``disc_start``) +
   codebook loss (Eq. 3). The two branches are independent; they share the data only.
+  ``lq_steps`` ends the LQ branch's training early (the original trains the two codebooks as
+  separate runs of different lengths).
 - association: the same two branches trained jointly, plus the patch loss between the HQ
-  encoder's features of the clean face and the LQ encoder's of its degraded copy (Eq. 5).
+  encoder's features of the clean face and the LQ encoder's of its degraded copy (Eq. 5),
+  added to each branch's objective (vqperceptual_dual.py:176). Its negatives are the patches
+  of this process's batch only (B x r*r), as in the original under DDP, which gathers nothing.
   The stage-1 HQ autoencoder is carried along untouched as ``fixed_hq``: the final model
   takes its codebook, decoder and ground-truth encoder from it (``daefr.training.assemble``).
+
+One step runs the optimizers in the original's order, each after its own forward, as
+pytorch-lightning 1.0.8 does with several optimizers (training_loop.py:684-736): HQ
+autoencoder, HQ discriminator, LQ autoencoder, LQ discriminator. So a discriminator sees its
+generator after this step's update, and in stage 2 the LQ branch's patch loss sees the updated
+HQ encoder; each objective's gradient reaches its own optimizer's parameters only
+(``toggle_optimizer``, lightning.py:1260-1278). Losses are computed in fp32 under any AMP mode.
 
 Checkpoint models: ``hq``, ``lq``, ``hq_disc``, ``lq_disc`` and, in the association stage,
 ``fixed_hq``.
@@ -67,6 +78,8 @@ class BranchStage:
     ) -> None:
         self.cfg, self.device, self.ctx = cfg, device, ctx or DistContext()
         self.perceptual = perceptual.to(device) if perceptual is not None else None
+        if self.perceptual is not None:
+            self.perceptual.train(cfg.loss.perceptual_dropout)  # heads' dropout, as the original
         if self.perceptual is None and cfg.loss.perceptual_weight > 0:
             raise BranchStageError(
                 "the perceptual loss needs its pretrained weights file (or perceptual_weight=0 for none)"
@@ -123,67 +136,80 @@ class BranchStage:
     def _generator_loss(
         self, branch: str, target: torch.Tensor, out: AutoencoderOutput, gan_on: bool
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The autoencoder objective without the patch term (vqperceptual.py:147-174), fp32."""
         loss_cfg = self.cfg.loss
-        rec = (target - out.recon).abs().mean()
+        recon = out.recon.float()
+        rec = (target.float() - recon).abs().mean()
         nll = rec
         logs = {"l1": rec}
         if self.perceptual is not None and loss_cfg.perceptual_weight > 0:
-            per = self.perceptual(target, out.recon).mean()
+            per = self.perceptual(target, out.recon).float().mean()
             nll = nll + loss_cfg.perceptual_weight * per
             logs["perceptual"] = per
-        vq = codebook_loss(out.feat, out.codes, loss_cfg.commitment_beta)
+        vq = codebook_loss(out.feat, out.codes, loss_cfg.commitment_beta, loss_cfg.codebook_form)
         loss = nll + loss_cfg.codebook_weight * vq
         logs["codebook"] = vq
         if gan_on:
-            (logits_fake,) = self._disc_run[branch](out.recon)
-            g = hinge_g_loss(logits_fake)
+            with autocast(self.device, self.cfg.amp):
+                (logits_fake,) = self._disc_run[branch](out.recon)
+            g = hinge_g_loss(logits_fake.float())
             weight = adaptive_weight(nll, g, self.ae[branch].last_layer(), loss_cfg.disc_weight)
             loss = loss + weight * g
             logs.update(g=g, d_weight=weight)
         return loss, logs
 
+    def _patch_loss(self, branch: str, feat: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The patch loss with the other branch's features as constants (its current weights)."""
+        other = "lq" if branch == "hq" else "hq"
+        with torch.no_grad(), autocast(self.device, self.cfg.amp):
+            other_feat = self.ae[other].encode(inputs[other])
+        hq_feat, lq_feat = (feat, other_feat) if branch == "hq" else (other_feat, feat)
+        return patch_association_loss(hq_feat, lq_feat, self.cfg.loss.patch_logit_scale)
+
+    def _discriminator_step(self, branch: str, target: torch.Tensor) -> torch.Tensor:
+        """Hinge loss on the real face and the generator's output after its update."""
+        with torch.no_grad(), autocast(self.device, self.cfg.amp):
+            fake = self.ae[branch](target).recon  # no gradient: the unwrapped module will do
+        with autocast(self.device, self.cfg.amp):
+            real_logits, fake_logits = self._disc_run[branch](target, fake)
+        d_loss = hinge_d_loss(real_logits.float(), fake_logits.float())
+        opt = self.optimizers[f"{branch}_disc"]
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(d_loss).backward()
+        self.scaler.step(opt)
+        return d_loss
+
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         loss_cfg = self.cfg.loss
         # Before disc_start the GAN terms are zero in the original (adopt_weight); skipping
-        # the discriminator there saves its forward/backward and leaves it untouched.
+        # the discriminator there saves its forward/backward and leaves its weights untouched.
         gan_on = step >= loss_cfg.disc_start
         inputs = {"hq": batch["hq"], "lq": batch["lq"]}  # each branch reconstructs its own input
         logs: dict[str, torch.Tensor] = {}
-        with autocast(self.device, self.cfg.amp):
-            outs = {b: self._ae_run[b](inputs[b]) for b in BRANCHES}
-            total = torch.zeros((), device=self.device)
-            for b in BRANCHES:
-                loss_b, logs_b = self._generator_loss(b, inputs[b], outs[b], gan_on)
-                total = total + loss_b
-                logs[f"{b}_loss"] = loss_b
-                logs.update({f"{b}_{k}": v for k, v in logs_b.items()})
-            if loss_cfg.patch_weight > 0:
-                patch = patch_association_loss(outs["hq"].feat, outs["lq"].feat, loss_cfg.patch_logit_scale)
-                total = total + loss_cfg.patch_weight * patch
-                logs["patch"] = patch
+        total = torch.zeros((), device=self.device)
         for b in BRANCHES:
-            self.optimizers[b].zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        for b in BRANCHES:
-            self.scaler.step(self.optimizers[b])
-        logs["loss"] = total
-        if gan_on:
+            if step >= self.cfg.branch_steps(b):
+                continue  # this branch's run is over (codebook stage, lq_steps)
             with autocast(self.device, self.cfg.amp):
-                d_total = torch.zeros((), device=self.device)
-                for b in BRANCHES:
-                    real, fake = self._disc_run[b](inputs[b], outs[b].recon.detach())
-                    d_loss = hinge_d_loss(real, fake)
-                    d_total = d_total + d_loss
-                    logs[f"{b}_disc"] = d_loss
-            for b in BRANCHES:
-                self.optimizers[f"{b}_disc"].zero_grad(set_to_none=True)
-            self.scaler.scale(d_total).backward()
-            for b in BRANCHES:
-                self.scaler.step(self.optimizers[f"{b}_disc"])
-        self.scaler.update()
-        for b in BRANCHES:
-            used = outs[b].idx.unique().numel() / self.ae[b].quantize.embedding.num_embeddings
+                out = self._ae_run[b](inputs[b])
+            loss_b, logs_b = self._generator_loss(b, inputs[b], out, gan_on)
+            if loss_cfg.patch_weight > 0:
+                patch = self._patch_loss(b, out.feat, inputs)
+                loss_b = loss_b + loss_cfg.patch_weight * patch
+                logs_b["patch"] = patch
+            opt = self.optimizers[b]
+            opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss_b).backward()
+            self.scaler.step(opt)
+            if gan_on:
+                logs_b["disc"] = self._discriminator_step(b, inputs[b])
+            total = total + loss_b
+            logs[f"{b}_loss"] = loss_b
+            logs.update({f"{b}_{k}": v for k, v in logs_b.items()})
+            used = out.idx.unique().numel() / self.ae[b].quantize.embedding.num_embeddings
             logs[f"{b}_code_usage"] = torch.tensor(used, device=self.device)
+        self.scaler.update()
+        logs["loss"] = total  # the sum of the branches' objectives
         return to_floats(logs)
 
 

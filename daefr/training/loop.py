@@ -45,7 +45,34 @@ class Stage(Protocol):
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]: ...
 
 
+def non_finite_tensors(models: dict[str, dict[str, torch.Tensor]]) -> list[str]:
+    """``model.key`` of every floating tensor holding NaN or Inf."""
+    return [
+        f"{name}.{key}"
+        for name, state in models.items()
+        for key, value in state.items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+
+
+def _kept(path: Path) -> str:
+    return f"{path} was not overwritten" if path.exists() else f"nothing was written to {path}"
+
+
+def check_finite_weights(
+    models: dict[str, dict[str, torch.Tensor]], cfg: TrainConfig, step: int, path: Path
+) -> None:
+    """TrainingError if a weight is NaN or Inf (every rank checks: the weights are in sync)."""
+    bad = non_finite_tensors(models)
+    if bad:
+        raise TrainingError(
+            f"{cfg.stage} step {step}: {len(bad)} weight tensors became non-finite (first: {bad[0]}); "
+            f"{_kept(path)}; lower --base-lr or check the data"
+        )
+
+
 def save_stage(stage: Stage, cfg: TrainConfig, step: int, path: Path) -> int:
+    """Checkpoint the stage (``run`` checks the weights are finite first, on every rank)."""
     return save_checkpoint(
         path,
         config=cfg,
@@ -96,9 +123,11 @@ def run(
         batch = {k: v.to(device, non_blocking=True) for k, v in next(data).items()}
         logs = stage.train_step(batch, step)
         done = step + 1
-        if not all(math.isfinite(v) for v in logs.values()):
+        bad = [k for k, v in logs.items() if not math.isfinite(v)]
+        if bad:
             raise TrainingError(
-                f"{cfg.stage} step {done}: non-finite loss {logs}; lower the learning rate or use --amp off"
+                f"{cfg.stage} step {done}: non-finite {', '.join(bad[:4])}; "
+                f"{_kept(out_dir / CHECKPOINT_NAME)}; lower --base-lr or use --amp off"
             )
         last = {"step": done, **logs}
         if metrics is not None:
@@ -110,6 +139,7 @@ def run(
             log.info("%s step %d/%d loss %.4f (%.3f s/step)", cfg.stage, done, cfg.steps, logs["loss"], rate)
             tic = time.perf_counter()
         if done % cfg.save_every == 0 or done == cfg.steps:
+            check_finite_weights(stage.models(), cfg, done, out_dir / CHECKPOINT_NAME)
             if ctx.is_main:
                 save_stage(stage, cfg, done, out_dir / CHECKPOINT_NAME)
             barrier(ctx)

@@ -1,7 +1,8 @@
 """Losses of the three stages (paper Eqs. 2-7) and the networks they need.
 
-- ``codebook_loss``: ||sg(z) - z_q||^2 + beta ||z - sg(z_q)||^2 (Eq. 2; the straight-through
-  copy itself lives in ``VQAutoencoder.forward``).
+- ``codebook_loss``: the VQ loss in the original's form (weight 1 on committing the encoder,
+  beta on moving the codes) or the paper's Eq. 2 (the reverse); the straight-through copy itself
+  lives in ``VQAutoencoder.forward``.
 - ``LPIPS``: the perceptual loss. It needs pretrained weights, which cannot be downloaded here,
   so it is only ever built from a file (``load_perceptual``); there is no random fallback.
 - ``NLayerDiscriminator`` (PatchGAN), ``hinge_d_loss``, ``adaptive_weight``.
@@ -20,13 +21,25 @@ from torch import nn
 # Codebook
 
 
-def codebook_loss(feat: torch.Tensor, codes: torch.Tensor, beta: float) -> torch.Tensor:
-    """feat: encoder features z; codes: chosen codebook rows z_q (same shape).
+def codebook_loss(
+    feat: torch.Tensor, codes: torch.Tensor, beta: float, form: str = "original"
+) -> torch.Tensor:
+    """feat: encoder features z; codes: chosen codebook rows z_q (same shape); fp32 result.
 
-    As the paper's Eq. 2 writes it: weight 1 on moving the codes, ``beta`` on committing the
-    encoder. (The released VectorQuantizer, taming's legacy one, puts beta on the codes.)
+    ``"original"``: mean((sg(z_q) - z)^2) + beta * mean((z_q - sg(z))^2), the VectorQuantizer
+    that trained the released weights (vqvae_arch.py:91-92, taming's "legacy" form: the encoder
+    commits with weight 1, the codes move with weight beta). ``"paper"``: Eq. 2 as printed,
+    weight 1 on moving the codes and beta on the commitment. Both have the value
+    (1 + beta) * mean((z_q - z)^2); only the gradients differ.
     """
-    return F.mse_loss(codes, feat.detach()) + beta * F.mse_loss(feat, codes.detach())
+    feat, codes = feat.float(), codes.float()
+    commit = F.mse_loss(feat, codes.detach())  # moves the encoder
+    move = F.mse_loss(codes, feat.detach())  # moves the codes
+    if form == "original":
+        return commit + beta * move
+    if form == "paper":
+        return move + beta * commit
+    raise ValueError(f"codebook_loss: form={form!r}; choose 'original' or 'paper'")
 
 
 # --------------------------------------------------------------------------------------
@@ -39,15 +52,20 @@ _VGG_CHANNELS: tuple[int, ...] = (64, 128, 256, 512, 512)
 
 
 class _LinearHead(nn.Module):
-    """LPIPS' NetLinLayer without its (inactive in eval) dropout: keys ``model.1.weight``."""
+    """LPIPS' NetLinLayer: Dropout(0.5) then a 1x1 conv (keys ``model.1.weight``)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.model = nn.Sequential(nn.Identity(), nn.Conv2d(channels, 1, 1, bias=False))
+        self.model = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(channels, 1, 1, bias=False))
 
 
 class LPIPS(nn.Module):
     """Learned perceptual distance, frozen. Inputs (B, 3, H, W) in [-1, 1] -> (B,) distances.
+
+    Built in eval mode. ``train(True)`` turns on the heads' Dropout(0.5), as Lightning's
+    ``model.train()`` does to the original's LPIPS during training (the VGG trunk has no
+    dropout or BatchNorm, so nothing else changes); the training stages choose the mode from
+    ``LossConfig.perceptual_dropout``.
 
     Parameter names are those of ``lpips.LPIPS(net="vgg").state_dict()`` (``scaling_layer.*``,
     ``net.slice{1..5}.{i}.*``, ``lin{0..4}.model.1.weight``), so that file loads as it is.
@@ -76,9 +94,6 @@ class LPIPS(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> LPIPS:
-        return super().train(False)  # always eval: a frozen metric
-
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         shift, scale = self.scaling_layer.shift, self.scaling_layer.scale
         hx, hy = (x - shift) / scale, (y - shift) / scale
@@ -89,7 +104,7 @@ class LPIPS(nn.Module):
             # unit-normalise channels (eps 1e-10 as LPIPS), squared difference, 1x1 head
             nx = hx / (hx.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
             ny = hy / (hy.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            head = getattr(self, f"lin{k}").model[1]
+            head = getattr(self, f"lin{k}").model  # dropout (training mode only), 1x1 conv
             total = total + head((nx - ny).pow(2)).mean(dim=(1, 2, 3))
         return total
 

@@ -1,5 +1,8 @@
-"""Mixed precision: ``torch.autocast`` in bf16 or fp16 on CUDA, with a ``GradScaler`` for
-fp16; "off" is plain fp32 (the only mode on the CPU, checked by the CLI)."""
+"""Mixed precision: off by default (plain fp32, as the original trains). ``"bf16"`` or
+``"fp16"`` turn on ``torch.autocast`` for the networks' convolutions and matmuls, with a
+``GradScaler`` for fp16; the nearest-code searches, the stage-3 ground truth and the losses
+stay fp32 in every mode (``autoencoder.nearest_code_fp32``, ``fusion.FusionNet``). The CLI
+allows AMP on CUDA only; on the CPU the same code paths run in tests."""
 
 from __future__ import annotations
 
@@ -18,10 +21,3 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
 
 def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-
-
-def default_amp(device: torch.device) -> str:
-    """bf16 where the GPU has it, else fp16 on CUDA; off on the CPU."""
-    if device.type != "cuda":
-        return "off"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

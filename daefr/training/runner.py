@@ -18,7 +18,7 @@ import torch
 from daefr.checkpoint import read_state_dict
 from daefr.config import DAEFRConfig
 from daefr.training.branches import BranchStage
-from daefr.training.config import TrainConfig
+from daefr.training.config import RECIPES, TrainConfig
 from daefr.training.data import FaceFolder
 from daefr.training.distributed import DistContext, init_distributed
 from daefr.training.fusion import FusionStage
@@ -106,9 +106,20 @@ def train(
         log.info("resuming %s from %s at step %d", cfg.stage, resume_from, start)
     elif init is not None:
         apply_init(stage, cfg, init)
+    recipe = RECIPES[cfg.recipe]
+    if ctx.world_size != recipe.gpus:
+        log.warning(
+            "the %s recipe's lr %.3g is for %d processes; with %d the taming rule gives %.3g",
+            recipe.name,
+            recipe.lr(cfg.stage),
+            recipe.gpus,
+            ctx.world_size,
+            cfg.learning_rate(ctx.world_size),
+        )
     log.info(
-        "%s: %d images, lr %.3g = %.3g base x %d batch x %d processes, amp %s, %s",
+        "%s (%s recipe): %d images, lr %.3g = %.3g base x %d batch x %d processes, amp %s, %s",
         cfg.stage,
+        cfg.recipe,
         len(dataset),
         cfg.learning_rate(ctx.world_size),
         cfg.base_lr,

@@ -23,14 +23,29 @@ from daefr.training.losses import (
 )
 
 
-def test_codebook_loss_beta_weights_the_commitment_term() -> None:
+@pytest.mark.parametrize(
+    ("form", "codes_weight", "feat_weight"),
+    [
+        # vqvae_arch.py:91-92: mean((z_q.detach() - z)^2) + beta * mean((z_q - z.detach())^2)
+        ("original", 0.25, 1.0),
+        # paper Eq. 2: ||sg(z) - z_q||^2 + beta ||z - sg(z_q)||^2
+        ("paper", 1.0, 0.25),
+    ],
+)
+def test_codebook_loss_forms_weight_codes_and_commitment(
+    form: str, codes_weight: float, feat_weight: float
+) -> None:
     feat = torch.randn(2, 4, 3, 3, requires_grad=True)
     codes = torch.randn(2, 4, 3, 3, requires_grad=True)
-    codebook_loss(feat, codes, beta=0.25).backward()
-    # d/dcodes ||codes - sg(feat)||^2 (weight 1), d/dfeat 0.25 ||feat - sg(codes)||^2
+    loss = codebook_loss(feat, codes, beta=0.25, form=form)
+    loss.backward()
     n = feat.numel()
-    torch.testing.assert_close(codes.grad, 2 * (codes - feat).detach() / n)
-    torch.testing.assert_close(feat.grad, 0.25 * 2 * (feat - codes).detach() / n)
+    diff = (codes - feat).detach()
+    assert loss.item() == pytest.approx(1.25 * diff.pow(2).sum().item() / n, rel=1e-6)  # same value
+    torch.testing.assert_close(codes.grad, codes_weight * 2 * diff / n)
+    torch.testing.assert_close(feat.grad, feat_weight * 2 * -diff / n)
+    with pytest.raises(ValueError, match="form"):
+        codebook_loss(feat, codes, beta=0.25, form="legacy")
 
 
 def test_autoencoder_straight_through_and_codebook_gradients() -> None:
@@ -105,12 +120,19 @@ def test_perceptual_loss_loads_the_lpips_layout_and_measures_distance(tmp_path: 
     model = load_perceptual(lpips_file(tmp_path))
     assert len(model.state_dict()) == 33
     assert not any(p.requires_grad for p in model.parameters())
-    model.train()
-    assert not model.training  # a metric, never in train mode
+    assert not model.training  # built in eval mode: deterministic
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     same = model(x, x)
     assert same.shape == (2,) and torch.all(same == 0)
-    assert torch.all(model(x, x.flip(-1)) > 0)
+    far = model(x, x.flip(-1))
+    assert torch.all(far > 0)
+    torch.testing.assert_close(model(x, x.flip(-1)), far, rtol=0, atol=0)
+    # training mode: the heads' Dropout(0.5) of the original (lpips.py:93) - random, unbiased
+    model.train()
+    torch.manual_seed(0)
+    draws = model(x[:1].expand(24, -1, -1, -1), x[:1].flip(-1).expand(24, -1, -1, -1))  # 24 masks
+    assert len(set(draws.tolist())) > 1
+    assert draws.mean().item() == pytest.approx(far[0].item(), rel=0.15)
 
 
 def test_perceptual_loss_refuses_incomplete_weights(tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ def test_association_stage_loss_goes_down(fixed_batch: dict[str, torch.Tensor]) 
     assert_goes_down(values)
 
 
-def test_fusion_stage_loss_goes_down_and_only_fusion_modules_train(
+def test_fusion_stage_loss_goes_down_and_trains_the_original_set(
     fixed_batch: dict[str, torch.Tensor],
 ) -> None:
     branches = BranchStage(tiny_config("association"), TINY.vqgan, CPU)
@@ -81,8 +81,21 @@ def test_fusion_stage_loss_goes_down_and_only_fusion_modules_train(
     assert_goes_down(losses(stage, fixed_batch, 10))
     after = stage.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(not k.startswith("vqvae.") for k in changed)
     assert {k.split(".")[0] for k in changed} >= {"cross_attention", "ft_layers", "idx_pred_layer"}
+    vq_changed = {k.split(".")[1] for k in changed if k.startswith("vqvae.")}
+    assert vq_changed == {"encoder", "HQ_encoder", "quant_conv", "HQ_quant_conv"}
+
+
+def test_fusion_stage_can_freeze_the_encoders(fixed_batch: dict[str, torch.Tensor]) -> None:
+    stage = FusionStage(tiny_config("fusion", freeze_encoders=True), TINY, CPU)
+    branches = BranchStage(tiny_config("association"), TINY.vqgan, CPU)
+    stage.init_from(
+        {"stage": "association", "models": {**branches.models(), "fixed_hq": branches.models()["hq"]}}
+    )
+    before = {k: v.clone() for k, v in stage.model.state_dict().items()}
+    stage.train_step({k: v[:1] for k, v in fixed_batch.items()}, 0)
+    changed = {k for k, v in stage.model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed and not any(k.startswith("vqvae.") for k in changed)
 
 
 def test_mixed_precision_steps_are_finite(fixed_batch: dict[str, torch.Tensor]) -> None:
@@ -92,7 +105,8 @@ def test_mixed_precision_steps_are_finite(fixed_batch: dict[str, torch.Tensor]) 
     branches = BranchStage(tiny_config("association", amp="bf16", loss={"disc_start": 0}), TINY.vqgan, CPU)
     branches.fixed_hq = branches.models()["hq"]
     logs = branches.train_step(one, 0)
-    assert {"hq_g", "hq_disc", "patch"} <= set(logs) and all(map(math.isfinite, logs.values()))
+    assert {"hq_g", "hq_disc", "hq_patch", "lq_patch"} <= set(logs)
+    assert all(map(math.isfinite, logs.values()))
     fusion = FusionStage(tiny_config("fusion", amp="fp16"), TINY, CPU)
     fusion.init_from({"stage": "association", "models": branches.models()})
     assert fusion.scaler.is_enabled()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -40,9 +41,29 @@ CASES = {
         "'codebook' checkpoint",
     ),
     "amp on cpu": (["codebook", "--data", "{faces}", "--perceptual", "none", "--amp", "bf16"], "needs CUDA"),
-    "zero steps": (["codebook", "--data", "{faces}", "--perceptual", "none", "--steps", "0"], "--steps 0"),
-    "bad lr": (["codebook", "--data", "{faces}", "--perceptual", "none", "--base-lr", "-1"], "--base-lr"),
+    "zero steps": (["codebook", "--data", "{faces}", "--perceptual", "none", "--steps", "0"], "--steps: 0"),
+    "lq steps outside codebook": (
+        ["fusion", "--data", "{faces}", "--init", "{ckpt}", "--lq-steps", "3"],
+        "--lq-steps",
+    ),
+    "lq steps past the run": (
+        ["codebook", "--data", "{faces}", "--perceptual", "none", "--steps", "3", "--lq-steps", "4"],
+        "--lq-steps 4",
+    ),
+    "freeze outside fusion": (
+        ["codebook", "--data", "{faces}", "--perceptual", "none", "--freeze-encoders"],
+        "--freeze-encoders",
+    ),
 }
+# Numeric flags the parser refuses (issue 12): one line, exit 2, before any work.
+BAD_NUMBERS = [
+    ("--base-lr", v) for v in ("inf", "-inf", "nan", "0", "-1", "1e400", "abc", "")
+] + [
+    ("--steps", "0"), ("--steps", "-3"), ("--steps", "1.5"), ("--steps", "inf"),
+    ("--lq-steps", "0"), ("--batch-size", "0"), ("--batch-size", "-1"), ("--batch-size", "nan"),
+    ("--seed", "-1"), ("--seed", str(2**32)), ("--disc-start", "-1"), ("--num-workers", "-1"),
+    ("--num-workers", "100000"), ("--log-every", "0"), ("--save-every", "0"), ("--save-every", "x"),
+]  # fmt: skip
 if not torch.cuda.is_available():
     CASES["cuda without cuda"] = (
         ["codebook", "--data", "{faces}", "--perceptual", "none", "--device", "cuda"],
@@ -70,21 +91,46 @@ def test_usage_errors_exit_2_with_one_line(
     assert not (out / "last.pt").exists()
 
 
-def test_bad_flag_values_are_argparse_errors(faces_dir: Path) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["decoder", "--data", str(faces_dir)])
-    assert exit_info.value.code == 2
+@pytest.mark.parametrize(("flag", "value"), BAD_NUMBERS)
+def test_bad_numbers_exit_2_with_one_line(
+    flag: str, value: str, faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["codebook", "--data", str(faces_dir), "--perceptual", "none", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "out"), f"{flag}={value}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"daefr-train: error: argument {flag}") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
 
 
-def test_stage_defaults_are_the_papers() -> None:
-    assert [STAGE_DEFAULTS[s].steps for s in ("codebook", "association", "fusion")] == [
-        700_000,
-        70_000,
-        100_000,
-    ]
+def test_bad_choices_and_help_return_their_codes(faces_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["decoder", "--data", str(faces_dir)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["--help"]) == 0
+    assert "--recipe" in capsys.readouterr().out
+
+
+def test_recipes_give_the_papers_and_the_released_schedules() -> None:
+    paper = {s: stage_config(s) for s in ("codebook", "association", "fusion")}
+    # paper Sec. 4.1: 700K (HQ) / 400K (LQ) / 70K / 100K iterations, batch 32 on 8 GPUs, 1.44e-4
+    assert [paper[s].steps for s in ("codebook", "association", "fusion")] == [700_000, 70_000, 100_000]
+    assert paper["codebook"].branch_steps("lq") == 400_000 and paper["codebook"].branch_steps("hq") == 700_000
+    assert all(c.batch_size == 4 and c.learning_rate(8) == pytest.approx(1.44e-4) for c in paper.values())
+    released = {s: stage_config(s, recipe="released") for s in ("codebook", "association", "fusion")}
+    # configs at 02d5010 on scripts' 4 GPUs: batch 3/2/2, lr = 4 x batch x 4.5e-6 (main_*.py:580)
+    assert [released[s].batch_size for s in ("codebook", "association", "fusion")] == [3, 2, 2]
+    assert released["codebook"].learning_rate(4) == pytest.approx(5.4e-5)
+    assert released["fusion"].learning_rate(4) == pytest.approx(3.6e-5)
+    # epochs x steps per epoch (70,000 faces / 4 GPUs / batch, last batch kept)
+    assert released["codebook"].steps == 330 * math.ceil(17_500 / 3)
+    assert released["codebook"].branch_steps("lq") == 250 * math.ceil(17_500 / 3)
+    assert released["association"].steps == 50 * 8_750 and released["fusion"].steps == 100 * 8_750
+    # --steps alone: both codebook branches that long
+    assert stage_config("codebook", steps=9).branch_steps("lq") == 9
+    # what the original trains, whatever the recipe
+    for cfg in (*paper.values(), *released.values()):
+        assert cfg.amp == "off" and cfg.loss.codebook_form == "original" and cfg.loss.perceptual_dropout
+        assert not cfg.freeze_encoders
     cfg = STAGE_DEFAULTS["codebook"]
-    # 4.5e-6 per image and GPU (configs/*.yaml, taming's scaling) x 4 per GPU x 8 GPUs = 1.44e-4
-    assert cfg.learning_rate(world_size=8) == pytest.approx(1.44e-4)
     assert cfg.betas == (0.5, 0.9) and cfg.loss.commitment_beta == 0.25 and cfg.loss.disc_weight == 0.8
     assert STAGE_DEFAULTS["association"].loss.patch_weight == 1.0
     assert STAGE_DEFAULTS["association"].loss.patch_logit_scale == pytest.approx(1 / 0.07)
@@ -94,3 +140,8 @@ def test_stage_defaults_are_the_papers() -> None:
         stage_config("codebook", batch_size=0)
     with pytest.raises(ValueError, match="amp"):
         TrainConfig(stage="codebook", amp="fp8")
+    for bad in (float("inf"), float("nan"), 0.0):
+        with pytest.raises(ValueError, match="base_lr"):
+            TrainConfig(stage="codebook", base_lr=bad)
+    with pytest.raises(ValueError, match="lq_steps"):
+        TrainConfig(stage="codebook", steps=3, lq_steps=4)
