@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.disc_start is not None:
             loss["disc_start"] = args.disc_start
         cfg = _config(args, amp, loss)
+        cfg.learning_rate(int(os.environ.get("WORLD_SIZE", "1")))  # ValueError if unusable
     except (UsageError, DataError, PerceptualWeightsError, ValueError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

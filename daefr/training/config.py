@@ -27,6 +27,7 @@ AMP_MODES: tuple[str, ...] = ("off", "bf16", "fp16")
 # "original": weight 1 on the commitment term, beta on the codebook term (vqvae_arch.py:91-92,
 # taming's legacy VectorQuantizer, which made the released weights); "paper": Eq. 2 as printed.
 CODEBOOK_FORMS: tuple[str, ...] = ("original", "paper")
+MAX_LR = 1.0  # Adam's step is about lr per weight: 1 already wipes out any trained weight
 
 
 def _require(condition: bool, name: str, value: object, allowed: str) -> None:
@@ -121,8 +122,15 @@ class TrainConfig:
         _require(self.save_every >= 1, "save_every", self.save_every, "must be >= 1")
 
     def learning_rate(self, world_size: int) -> float:
-        """base_lr * batch_size * world_size, the taming rule of the original code."""
-        return self.base_lr * self.batch_size * world_size
+        """base_lr * batch_size * world_size, the taming rule of the original code; ValueError
+        above MAX_LR (such a step only destroys the weights, or overflows Adam's float32 step)."""
+        lr = self.base_lr * self.batch_size * world_size
+        if not lr <= MAX_LR:
+            raise ValueError(
+                f"learning rate {lr:.3g} = {self.base_lr:.3g} base x {self.batch_size} batch x "
+                f"{world_size} processes is above {MAX_LR:g}; lower --base-lr (the recipes use 4.5e-6)"
+            )
+        return lr
 
     def branch_steps(self, branch: str) -> int:
         """Steps the ``"hq"`` or ``"lq"`` branch trains for (stages 1 and 2)."""

@@ -41,7 +41,7 @@ def test_each_stage_logs_and_checkpoints_its_steps(chain: dict[str, Path]) -> No
         assert all(np.isfinite(r["loss"]) for r in records)
         payload = load_checkpoint(folder / "last.pt", (stage,), "tiny")
         assert payload["step"] == 2
-    assert "patch" in read_log(chain["association"] / "log.jsonl")[0]
+    assert {"hq_patch", "lq_patch"} <= set(read_log(chain["association"] / "log.jsonl")[0])
     assert "hq_disc" in read_log(chain["codebook"] / "log.jsonl")[1]  # GAN from step 1 (--disc-start 1)
 
 
@@ -69,14 +69,22 @@ def test_final_weights_have_the_official_layout_from_the_right_stages(chain: dic
         "vqvae.Fixed_quantize.embedding.weight": codebook["hq"]["quantize.embedding.weight"],
         "vqvae.decoder.conv_out.weight": codebook["hq"]["decoder.conv_out.weight"],
         "vqvae.post_quant_conv.weight": codebook["hq"]["post_quant_conv.weight"],
-        "vqvae.HQ_encoder.conv_in.weight": association["hq"]["encoder.conv_in.weight"],
+        "vqvae.Fixed_quant_conv.weight": codebook["hq"]["quant_conv.weight"],
         "vqvae.HQ_quantize.embedding.weight": association["hq"]["quantize.embedding.weight"],
-        "vqvae.encoder.conv_in.weight": association["lq"]["encoder.conv_in.weight"],
-        "vqvae.quant_conv.weight": association["lq"]["quant_conv.weight"],
         "vqvae.LQ_quantize.embedding.weight": association["lq"]["quantize.embedding.weight"],
     }
     for key, expected in same.items():
         assert torch.equal(state[key], expected), key
+    # the associated encoders start from the association stage and keep training in stage 3,
+    # as in the original (daefr.py:552-567)
+    trained = {
+        "vqvae.HQ_encoder.conv_in.weight": association["hq"]["encoder.conv_in.weight"],
+        "vqvae.HQ_quant_conv.weight": association["hq"]["quant_conv.weight"],
+        "vqvae.encoder.conv_in.weight": association["lq"]["encoder.conv_in.weight"],
+        "vqvae.quant_conv.weight": association["lq"]["quant_conv.weight"],
+    }
+    for key, start in trained.items():
+        assert state[key].shape == start.shape and not torch.equal(state[key], start), key
     # the association stage trained its HQ branch away from the stage-1 one
     key = "encoder.conv_in.weight"
     assert not torch.equal(association["hq"][key], codebook["hq"][key])

@@ -50,6 +50,7 @@ CASES = {
         ["codebook", "--data", "{faces}", "--perceptual", "none", "--steps", "3", "--lq-steps", "4"],
         "--lq-steps 4",
     ),
+    "lr above 1": (["codebook", "--data", "{faces}", "--perceptual", "none", "--base-lr", "1"], "above 1"),
     "freeze outside fusion": (
         ["codebook", "--data", "{faces}", "--perceptual", "none", "--freeze-encoders"],
         "--freeze-encoders",
