@@ -40,8 +40,8 @@ from daefr.training.config import (
 )
 from daefr.training.data import DataError, list_images
 from daefr.training.distributed import shutdown
-from daefr.training.fusion import FusionStageError
-from daefr.training.loop import TrainingError
+from daefr.training.fusion import FINAL_NAME, FusionStageError
+from daefr.training.loop import CHECKPOINT_NAME, TrainingError
 from daefr.training.losses import PerceptualWeightsError, load_perceptual
 from daefr.training.runner import train
 from daefr.training.state import TrainingCheckpointError
@@ -273,9 +273,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = _config(args, amp, loss)
         cfg.learning_rate(int(os.environ.get("WORLD_SIZE", "1")))  # ValueError if unusable
     except (UsageError, DataError, PerceptualWeightsError, ValueError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        _error(err)
         return 2
     out = args.out or Path("runs") / args.stage
+    try:
+        _check_outputs(args, out)
+    except UsageError as err:
+        _error(err)
+        return 2
     bar = tqdm(total=cfg.steps, desc=cfg.stage, unit="step", disable=args.quiet or _rank() != 0)
 
     def on_step(step: int, logs: dict[str, float]) -> None:
@@ -302,17 +307,42 @@ def main(argv: list[str] | None = None) -> int:
         BranchStageError,
         FusionStageError,
     ) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        _error(err)
         return 2
     except TrainingError as err:
-        print(f"{PROG}: failed: {err}", file=sys.stderr)
+        _error(err, "failed")
         return 1
+    except KeyboardInterrupt:
+        _error(f"interrupted; {out / CHECKPOINT_NAME} holds the last completed save, if any", "stopped")
+        return 130
     finally:
         bar.close()
         shutdown()
     if result.final is not None:
         logging.getLogger(PROG).info("final DAEFR weights: %s", result.final)
     return 0
+
+
+def _error(err: Exception, kind: str = "error") -> None:
+    """One line on stderr, whatever the message holds (torch's own errors span lines)."""
+    print(f"{PROG}: {kind}: {' '.join(str(err).split())}", file=sys.stderr)
+
+
+def _check_outputs(args: argparse.Namespace, out: Path) -> None:
+    """The output folder exists (made now) and is writable, and no output is an input:
+    ``--init`` and ``--perceptual`` must not be this run's last.pt, daefr.pt or log.jsonl
+    (``--resume`` continues its own last.pt, so it may)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--out {out}: cannot make this folder ({err.strerror}); choose another") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: not writable; choose another folder")
+    outputs = {(out / name).resolve() for name in (CHECKPOINT_NAME, FINAL_NAME, "log.jsonl")}
+    for flag in ("init", "perceptual"):
+        value = getattr(args, flag)
+        if value is not None and str(value).lower() != "none" and Path(value).resolve() in outputs:
+            raise UsageError(f"--{flag} {value}: this run writes that file; copy it or choose another --out")
 
 
 def _rank() -> int:

@@ -25,7 +25,7 @@ from daefr.training.fusion import FusionStage
 from daefr.training.loop import CHECKPOINT_NAME, resume, run
 from daefr.training.losses import LPIPS
 from daefr.training.metrics import MetricsLogger
-from daefr.training.state import NotATrainingCheckpoint, load_checkpoint
+from daefr.training.state import NotATrainingCheckpoint, TrainingCheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,14 @@ def train(
     stage = build_stage(cfg, model_cfg, device, ctx, perceptual)
     start = 0
     if resume_from is not None:
-        start = resume(stage, load_checkpoint(resume_from, (cfg.stage,), cfg.preset))
+        payload = load_checkpoint(resume_from, (cfg.stage,), cfg.preset)
+        try:
+            start = resume(stage, payload)
+        except (ValueError, KeyError) as err:  # optimizer groups of another trainable set
+            raise TrainingCheckpointError(
+                f"{resume_from}: its optimizer state does not fit this run ({err}); it was made with "
+                "other trainable parameters (e.g. --freeze-encoders) or another version: use --init"
+            ) from err
         log.info("resuming %s from %s at step %d", cfg.stage, resume_from, start)
     elif init is not None:
         apply_init(stage, cfg, init)

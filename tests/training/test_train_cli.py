@@ -146,3 +146,22 @@ def test_recipes_give_the_papers_and_the_released_schedules() -> None:
             TrainConfig(stage="codebook", base_lr=bad)
     with pytest.raises(ValueError, match="lq_steps"):
         TrainConfig(stage="codebook", steps=3, lq_steps=4)
+
+
+def test_outputs_are_checked_before_any_work(
+    faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--data", str(faces_dir), "--preset", "tiny", "--device", "cpu", "--num-workers", "0", "-q"]
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    for out in (a_file, a_file / "below"):
+        assert main(["codebook", *base, "--perceptual", "none", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"daefr-train: error: --out {out}: cannot make") and len(err.splitlines()) == 1
+    # --init naming this run's own checkpoint would be overwritten by the run
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"format": "daefr-train-1", "stage": "codebook", "preset": "tiny"}, run / "last.pt")
+    argv = ["association", *base, "--perceptual", "none", "--init", str(run / "last.pt"), "--out", str(run)]
+    assert main(argv) == 2
+    assert "this run writes that file" in capsys.readouterr().err
