@@ -143,7 +143,8 @@ class BranchStage:
         nll = rec
         logs = {"l1": rec}
         if self.perceptual is not None and loss_cfg.perceptual_weight > 0:
-            per = self.perceptual(target, out.recon).float().mean()
+            with autocast(self.device, self.cfg.amp):  # VGG is a network: AMP as the others
+                per = self.perceptual(target, out.recon).float().mean()
             nll = nll + loss_cfg.perceptual_weight * per
             logs["perceptual"] = per
         vq = codebook_loss(out.feat, out.codes, loss_cfg.commitment_beta, loss_cfg.codebook_form)

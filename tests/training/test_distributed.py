@@ -40,6 +40,33 @@ def _worker(rank: int, world_size: int, port: int, faces_dir: str, out: str) -> 
         shutdown()
 
 
+def _fusion_worker(rank: int, world_size: int, port: int, faces_dir: str, out: str) -> None:
+    """Two fusion steps under DDP: the associated encoders train now, and every trainable
+    tensor must get a gradient each step or DDP fails at the next forward."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world_size),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    try:
+        ctx, device = init_distributed(torch.device("cpu"))
+        tiny = DAEFRConfig.from_name("tiny")
+        branches = build_stage(tiny_config("association"), tiny, device)
+        models = branches.models()
+        cfg = tiny_config("fusion", batch_size=1, steps=2, save_every=10)
+        stage = build_stage(cfg, tiny, device, ctx)
+        stage.init_from({"stage": "association", "models": {**models, "fixed_hq": models["hq"]}})
+        run(
+            stage, cfg, FaceFolder(faces_dir, 64, cfg.degradation, seed=cfg.seed), out, device=device, ctx=ctx
+        )
+        torch.save({"models": stage.models()}, Path(out) / f"fusion{rank}.pt")
+    finally:
+        shutdown()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -60,3 +87,9 @@ def test_two_processes_stay_in_sync(faces_dir: Path, tmp_path: Path) -> None:
             compared += 1
     assert compared > 100
     assert (tmp_path / "last.pt").is_file()  # rank 0 checkpoints
+
+
+def test_fusion_trains_the_encoders_in_sync(faces_dir: Path, tmp_path: Path) -> None:
+    mp.spawn(_fusion_worker, args=(2, _free_port(), str(faces_dir), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"fusion{r}.pt", weights_only=True)["models"]["daefr"] for r in (0, 1))
+    assert all(torch.equal(v, r1[k]) for k, v in r0.items())

@@ -14,6 +14,7 @@ from daefr.config import DAEFRConfig
 from daefr.training.branches import BranchStage
 from daefr.training.data import FaceFolder
 from daefr.training.fusion import FusionStage
+from daefr.training.losses import LPIPS
 
 CPU = torch.device("cpu")
 TINY = DAEFRConfig.from_name("tiny")
@@ -102,10 +103,13 @@ def test_mixed_precision_steps_are_finite(fixed_batch: dict[str, torch.Tensor]) 
     # CPU autocast runs the same code paths as CUDA's: bf16 through both branches with the
     # GAN on, fp16 with its GradScaler through the fusion stage.
     one = {k: v[:1] for k, v in fixed_batch.items()}
-    branches = BranchStage(tiny_config("association", amp="bf16", loss={"disc_start": 0}), TINY.vqgan, CPU)
+    torch.manual_seed(0)
+    perceptual = LPIPS()  # random heads and trunk: the code path, not a meaningful distance
+    cfg = tiny_config("association", amp="bf16", loss={"disc_start": 0, "perceptual_weight": 1.0})
+    branches = BranchStage(cfg, TINY.vqgan, CPU, perceptual=perceptual)
     branches.fixed_hq = branches.models()["hq"]
     logs = branches.train_step(one, 0)
-    assert {"hq_g", "hq_disc", "hq_patch", "lq_patch"} <= set(logs)
+    assert {"hq_g", "hq_disc", "hq_patch", "lq_patch", "hq_perceptual"} <= set(logs)
     assert all(map(math.isfinite, logs.values()))
     fusion = FusionStage(tiny_config("fusion", amp="fp16"), TINY, CPU)
     fusion.init_from({"stage": "association", "models": branches.models()})
