@@ -64,6 +64,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None (those flags' help says what happens without them)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer in [low, high]."""
 
@@ -97,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Train a DAEFR stage: codebook -> association -> fusion. Defaults train what "
         "the original code trains, with the paper's batch, lr and lengths (--recipe paper).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     p.add_argument("stage", choices=STAGES, help="which stage to train")
     p.add_argument("--data", type=Path, required=True, help="folder of (aligned) face images")
