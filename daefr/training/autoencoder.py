@@ -30,8 +30,9 @@ class AutoencoderOutput(NamedTuple):
 def nearest_code_fp32(codebook: Codebook, feat: torch.Tensor) -> torch.Tensor:
     """feat: (B, D, r, r) -> idx (B, r*r) of the nearest codes, distances in fp32.
 
-    Autocast would otherwise run the distance matmul in bf16/fp16 and change the picks
-    (0.7-40 % of codes in a synthetic test); the original trains in fp32.
+    Autocast would otherwise run the distance matmul in bf16/fp16 and change the picks: CPU
+    bf16 autocast changed 0.7-1.3 % of 1,024 random tokens' codes (K=64, D=32 and K=1024,
+    D=256, codes N(0, 1/D)); the original trains in fp32.
     """
     with torch.no_grad(), torch.autocast(feat.device.type, enabled=False):
         _, idx = codebook.quantize(feat.detach().float())
