@@ -165,3 +165,26 @@ def test_outputs_are_checked_before_any_work(
     argv = ["association", *base, "--perceptual", "none", "--init", str(run / "last.pt"), "--out", str(run)]
     assert main(argv) == 2
     assert "this run writes that file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["codebook"], {"recipe": "paper", "batch_size": 4, "steps": 700_000, "lq_steps": 400_000}),
+        (["codebook", "--recipe", "released"], {"batch_size": 3, "steps": 1_925_220, "lq_steps": 1_458_500}),
+        (["codebook", "--steps", "10"], {"steps": 10, "lq_steps": None}),
+        (["codebook", "--steps", "10", "--lq-steps", "4"], {"steps": 10, "lq_steps": 4}),
+        (["fusion", "--recipe", "released", "--batch-size", "1"], {"batch_size": 1, "steps": 875_000}),
+        (["fusion", "--freeze-encoders"], {"freeze_encoders": True}),
+    ],
+)
+def test_flags_build_the_recipe_config(argv: list[str], expected: dict[str, object]) -> None:
+    from daefr.cli.train import _config, build_parser
+
+    args = build_parser().parse_args([*argv, "--data", "x"])
+    loss: dict[str, object] = {"perceptual_weight": 0.0} if args.stage != "fusion" else {}
+    cfg = _config(args, "off", loss)
+    assert {k: getattr(cfg, k) for k in expected} == expected
+    assert cfg.amp == "off" and cfg.base_lr == 4.5e-6
+    if args.stage == "codebook":
+        assert cfg.loss.codebook_form == "original" and cfg.loss.perceptual_dropout
