@@ -110,21 +110,26 @@ class TrtRestorer(RestorerBase):
             fp16=fp16,
             plugins=plugins,
         )
-        if plugins:
-            from daefr.export.plugins import register_plugins
-
-            register_plugins()
+        # No plugin registration here: an AOT plugin's PTX is inside the engine, which "does not
+        # require any Python modules or definitions to be present at runtime" (NVIDIA/TensorRT
+        # v11.1 samples/python/quickly_deployable_plugins/README.md); registering would only
+        # import Triton.
         self._trt = trt
         self._device = device
         self.stream = torch.cuda.Stream(device)
         logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(logger)
-        self.engine = self.runtime.deserialize_cuda_engine((self.engine_dir / entry["file"]).read_bytes())
-        if self.engine is None:
-            raise BackendError(
-                f"{self.engine_dir / entry['file']}: TensorRT could not deserialise it; rebuild"
-            )
-        self.context = self.engine.create_execution_context()
+        # No TensorRT call takes a device (IRuntime::deserializeCudaEngine, createExecutionContext,
+        # enqueueV3 in NVIDIA/TensorRT v11.1 include/NvInferRuntime.h), so TensorRT can only use
+        # the CUDA device current in this thread: every TensorRT call runs under `device`, so that
+        # cuda:1 puts the engine, its context and its launches on GPU 1, not on GPU 0.
+        with torch.cuda.device(device):
+            self.runtime = trt.Runtime(logger)
+            self.engine = self.runtime.deserialize_cuda_engine((self.engine_dir / entry["file"]).read_bytes())
+            if self.engine is None:
+                raise BackendError(
+                    f"{self.engine_dir / entry['file']}: TensorRT could not deserialise it; rebuild"
+                )
+            self.context = self.engine.create_execution_context()
         self._check_io()
         self._staging: torch.Tensor | None = None
 
@@ -174,9 +179,13 @@ class TrtRestorer(RestorerBase):
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = x.shape[0]
         self.stream.wait_stream(torch.cuda.current_stream(self._device))  # x may come from that stream
-        with torch.cuda.stream(self.stream):
+        with torch.cuda.device(self._device), torch.cuda.stream(self.stream):
             x_dev = self._upload(x)
-            self.context.set_input_shape(INPUT_NAME, tuple(x_dev.shape))
+            if not self.context.set_input_shape(INPUT_NAME, tuple(x_dev.shape)):
+                raise BackendError(
+                    f"{self.engine_dir}: the engine refuses input shape {tuple(x_dev.shape)} for {INPUT_NAME} "
+                    f"(profile max batch {self._max_batch}, resolution {self._resolution}); rebuild with that profile"
+                )
             r, n_tokens = self._resolution, self.context.get_tensor_shape("code_idx")[1]
             out = {
                 "restored": torch.empty((b, 3, r, r), dtype=self._dtypes["restored"], device=self._device),
