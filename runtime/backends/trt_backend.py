@@ -132,6 +132,10 @@ class TrtRestorer(RestorerBase):
             self.context = self.engine.create_execution_context()
         self._check_io()
         self._staging: torch.Tensor | None = None
+        # AOT plugins leak CUDA modules on every input-shape change in TensorRT 11.1 and 11.2.1
+        # (NVIDIA/TensorRT#4849, open): plugin engines always run at the profile's maximum
+        # batch, padded, so the shape never changes within a context.
+        self._fixed_batch = plugins
 
     def _check_io(self) -> None:
         trt = self._trt
@@ -160,10 +164,19 @@ class TrtRestorer(RestorerBase):
 
     def restore(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """batch (B, 3, R, R) in [-1, 1] -> (restored (B, 3, R, R) float32, code_idx (B, N) int64) on the GPU.
-        Batches above the engine profile's maximum run in chunks."""
+        Batches above the engine profile's maximum run in chunks; plugin engines pad every chunk
+        to that maximum (one input shape per context, see ``__init__``)."""
         self.check_batch(batch)
-        parts = [self._run(chunk) for chunk in batch.split(self._max_batch)]
+        parts = [self._run_chunk(chunk) for chunk in batch.split(self._max_batch)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _run_chunk(self, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = chunk.shape[0]
+        if not self._fixed_batch or b == self._max_batch:
+            return self._run(chunk)
+        padding = chunk.new_zeros((self._max_batch - b, *chunk.shape[1:]))
+        restored, codes = self._run(torch.cat([chunk, padding]))
+        return restored[:b], codes[:b]
 
     def _upload(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.dtype)

@@ -141,3 +141,26 @@ def test_build_engine_refuses_plugins_on_tensorrt_before_10_9(monkeypatch, tmp_p
     with fake_tensorrt.installed(monkeypatch, version="10.8.0.43"):
         with pytest.raises(EngineBuildError, match=r"model.onnx: --plugins needs TensorRT >= 10.9"):
             build_engine(tmp_path / "model.onnx", spec, tmp_path)
+
+
+def test_plugin_engines_run_one_input_shape_per_context(fake_cuda, tmp_path, monkeypatch):
+    """NVIDIA/TensorRT#4849: AOT plugins leak CUDA modules on shape changes (11.1, 11.2.1)."""
+    shapes = []
+    real = fake_tensorrt.FakeContext.set_input_shape
+
+    def record(self, name, shape):  # noqa: ANN001, ANN202
+        shapes.append(tuple(shape))
+        return real(self, name, shape)
+
+    monkeypatch.setattr(fake_tensorrt.FakeContext, "set_input_shape", record)
+    monkeypatch.setattr(trt_backend.TrtRestorer, "_upload", lambda self, x: x.to(self.dtype).contiguous())
+    for plugins, want in ((True, {4}), (False, {3, 1, 4, 2})):
+        restorer = trt_backend.TrtRestorer(
+            _engine_dir(tmp_path, plugins=plugins), device="cuda:0", plugins=plugins
+        )
+        restorer._device = torch.device("cpu")
+        shapes.clear()
+        for b in (3, 1, 6):  # 6 = a chunk of 4 and one of 2
+            restored, codes = restorer.restore(torch.zeros(b, 3, 64, 64))
+            assert restored.shape == (b, 3, 64, 64) and codes.shape == (b, 256)
+        assert {s[0] for s in shapes} == want  # plugin engines: always the profile's max batch
