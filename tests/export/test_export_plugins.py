@@ -288,3 +288,19 @@ def test_a_tensorrt_plugin_module_without_aot_impl_is_refused(monkeypatch):
         with pytest.raises(trt_plugin_defs.PluginSupportError, match="tensorrt.plugin.aot_impl"):
             trt_plugin_defs.register_once()
     assert trt_plugin_defs.tensorrt_release("10.10.0.31") == (10, 10) > trt_plugin_defs.MIN_TENSORRT
+
+
+def test_plugin_lint_usage_errors_exit_2(monkeypatch, capsys):
+    from daefr.export import plugin_kernels, plugin_lint
+
+    monkeypatch.setattr(plugin_kernels, "interpreting", lambda: True)
+    assert plugin_lint.main([]) == 2
+    assert "unset TRITON_INTERPRET" in capsys.readouterr().err
+    monkeypatch.setattr(plugin_kernels, "interpreting", lambda: False)
+    for argv, message in (
+        (["--arch", "5"], "PluginTarget.arch"),
+        (["--ptx-version", "94"], "PluginTarget.ptx_version"),
+    ):
+        assert plugin_lint.main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
