@@ -145,7 +145,8 @@ def export_plugin_graph(model: DAEFR, graph: str, path: Path, *, opset: int = 18
 def register_plugins() -> None:
     """Register ``daefr::fused_attention`` and ``daefr::code_head`` with TensorRT (AOT).
 
-    UNTESTED: needs TensorRT >= 10.7 (``tensorrt.plugin``) and Triton with a CUDA target.
+    Needs TensorRT >= 10.9 (``tensorrt.plugin.aot_impl``, checked) and Triton with a CUDA
+    target; read against TensorRT's source, never run (TensorRT cannot be installed here).
     Idempotent: the TensorRT plugin registry refuses a second registration of one id.
     """
     from daefr.export import trt_plugin_defs

@@ -99,12 +99,22 @@ def plugin_code_digest() -> str:
     return digest.hexdigest()
 
 
+def plugin_target_key() -> dict[str, int]:
+    """The PTX ISA version, arch and shared-memory limit the AOT kernels are compiled for
+    (``plugin_kernels.resolve_target``): an engine built for a newer driver's PTX must not be
+    reused where the driver JITs only older PTX."""
+    from daefr.export.plugin_kernels import resolve_target
+
+    return asdict(resolve_target())
+
+
 def engine_key(spec: EngineSpec, trt_version: str, gpu: Mapping[str, str]) -> str:
     """sha256 over the spec, the TensorRT version and the GPU (and for plugin engines the
     kernel sources and Triton version): equal keys, same engine."""
     payload = {"spec": asdict(spec), "tensorrt": trt_version, **gpu}
     if spec.plugins:
         payload["plugin_code"] = plugin_code_digest()
+        payload["plugin_target"] = plugin_target_key()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -165,6 +175,13 @@ def build_engine(
     first (``plugins.register_plugins``)."""
     import tensorrt as trt
 
+    if spec.plugins:
+        from daefr.export.trt_plugin_defs import PluginSupportError, require_aot_plugins
+
+        try:
+            require_aot_plugins(trt)
+        except PluginSupportError as err:
+            raise EngineBuildError(f"{onnx_path}: {err}") from None
     gpu = gpu_identity()
     key = engine_key(spec, trt.__version__, gpu)
     path = Path(out_dir) / f"{spec.graph}.{key[:16]}.engine"
@@ -203,11 +220,7 @@ def build_engine(
             tensor.name, (spec.min_batch, *rest), (spec.opt_batch, *rest), (spec.max_batch, *rest)
         )
     config.add_optimization_profile(profile)
-    cache_blob = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_blob)
-    if not config.set_timing_cache(cache, ignore_mismatch=False) and cache_blob:
-        log.warning("%s does not match this GPU/TensorRT: building without it", timing_cache)
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    attach_timing_cache(config, timing_cache)
     monitor = _progress_monitor(trt)
     if monitor is not None:
         config.progress_monitor = monitor
@@ -216,9 +229,36 @@ def build_engine(
     if serialized is None:
         raise EngineBuildError(f"{onnx_path}: TensorRT build failed (see the TensorRT log above)")
     atomic_write_bytes(path, bytes(serialized))
-    if timing_cache is not None:
-        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+    used_cache = config.get_timing_cache() if timing_cache is not None else None
+    if used_cache is not None:
+        atomic_write_bytes(timing_cache, bytes(used_cache.serialize()))
     return EngineResult(path, key, False, time.perf_counter() - start)
+
+
+def attach_timing_cache(config: Any, timing_cache: Path | None) -> bool:
+    """Attach the timing cache file (or a fresh cache) to ``config``; True when one is attached.
+
+    ``IBuilderConfig::createTimingCache`` returns a pointer (NVIDIA/TensorRT v11.1
+    ``include/NvInfer.h``; bound as-is in ``python/src/infer/pyCore.cpp``
+    ``netconfig_create_timing_cache``), so the Python call can give None, and
+    ``set_timing_cache`` takes a reference (None would raise a TypeError): a file that does
+    not load or does not match falls back to a fresh cache, and if even that fails the build
+    goes on without one.
+    """
+    blob = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
+    if blob:
+        cache = config.create_timing_cache(blob)
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return True
+        log.warning(
+            "%s: cannot be used on this GPU/TensorRT (corrupt or foreign); building with a fresh cache",
+            timing_cache,
+        )
+    cache = config.create_timing_cache(b"")
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return True
+    log.warning("TensorRT could not create a timing cache: building without one")
+    return False
 
 
 def timing_cache_path(out_dir: Path) -> Path:

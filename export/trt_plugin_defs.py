@@ -1,4 +1,4 @@
-"""The TensorRT plugin definitions (``tensorrt.plugin``, TensorRT >= 10.7) of our AOT kernels.
+"""The TensorRT plugin definitions (``tensorrt.plugin``, TensorRT >= 10.9) of our AOT kernels.
 
 This module must NOT use ``from __future__ import annotations``: ``tensorrt.plugin`` reads the
 annotations of ``@trtp.register`` and ``@trtp.aot_impl`` functions at decoration time with
@@ -11,11 +11,44 @@ be installed on this project's machines).
 - ``@trtp.aot_impl`` returns (kernel name, PTX, launch parameters, extra int32 arguments).
   Sizes that our graphs keep static (heads, head dim, channels) are read with
   ``ShapeExpr.constant_value()``; the batch and token counts stay symbolic expressions.
+
+``tensorrt.plugin.aot_impl`` first exists in TensorRT 10.9 (NVIDIA/TensorRT: absent from
+``python/packaging/bindings_wheel/tensorrt/plugin/_lib.py`` at tag v10.8.0, defined there at
+v10.9.0; v10.9.0 ``CHANGELOG.md``: "Added support for Python AOT plugins"), so 10.7/10.8 would
+fail at decoration with an AttributeError: ``require_aot_plugins`` refuses them first.
 """
 
 import math
 
 _REGISTERED = False
+MIN_TENSORRT = (10, 9)
+
+
+class PluginSupportError(RuntimeError):
+    """This TensorRT cannot build engines with our AOT plugins; the message says which one to install."""
+
+
+def tensorrt_release(version: str) -> tuple[int, int]:
+    """(major, minor) of a TensorRT version string such as ``"10.9.0.34"``."""
+    parts = version.split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        raise PluginSupportError(
+            f"cannot read the TensorRT version {version!r} (expected major.minor...)"
+        ) from None
+
+
+def require_aot_plugins(trt, trtp=None):  # noqa: ANN001, ANN201
+    """Raise ``PluginSupportError`` unless ``trt`` (the tensorrt module) can build AOT plugins."""
+    floor = ".".join(map(str, MIN_TENSORRT))
+    if tensorrt_release(trt.__version__) < MIN_TENSORRT or (
+        trtp is not None and not hasattr(trtp, "aot_impl")
+    ):
+        raise PluginSupportError(
+            f"--plugins needs TensorRT >= {floor} (tensorrt.plugin.aot_impl); this is TensorRT {trt.__version__}: "
+            f"pip install 'tensorrt>={floor}' or build without --plugins"
+        )
 
 
 def static_dim(expr, what):  # noqa: ANN001, ANN201
@@ -32,10 +65,13 @@ def register_once() -> None:
         return
     import numpy as np
     import tensorrt as trt
+
+    require_aot_plugins(trt)
     import tensorrt.plugin as trtp
 
+    require_aot_plugins(trt, trtp)
     from daefr.export.plugin_kernels import (
-        ATTENTION_BLOCKS,
+        ATTENTION_BLOCK_M,
         CODE_HEAD_BLOCKS,
         attention_blocks,
         compile_attention,
@@ -58,13 +94,13 @@ def register_once() -> None:
         kernel = compile_attention(triton_dtype(q), heads, head_dim)
         _, block_dv = attention_blocks(head_dim)
         launch = trtp.KernelLaunchParams()
-        launch.grid_x = trtp.cdiv(q.shape_expr[2], ATTENTION_BLOCKS["BLOCK_M"])
+        launch.grid_x = trtp.cdiv(q.shape_expr[2], ATTENTION_BLOCK_M)
         launch.grid_y = q.shape_expr[0] * heads
         launch.grid_z = math.ceil(head_dim / block_dv)  # both ints: trtp.cdiv refuses two ints
         launch.block_x = kernel.num_warps * 32
         launch.shared_mem = kernel.shared_mem
         extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(q.shape_expr[2]), trtp.SymInt32(k.shape_expr[2])])
-        return kernel.name.encode(), kernel.ptx.encode(), launch, extra
+        return kernel.name.encode(), kernel.ptx.encode(), launch, extra  # the unique entry name
 
     @trtp.register("daefr::code_head")
     def _code_head_desc(
@@ -91,6 +127,6 @@ def register_once() -> None:
         launch.block_x = kernel.num_warps * 32
         launch.shared_mem = kernel.shared_mem
         extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(x.shape_expr[0])])
-        return kernel.name.encode(), kernel.ptx.encode(), launch, extra
+        return kernel.name.encode(), kernel.ptx.encode(), launch, extra  # the unique entry name
 
     _REGISTERED = True

@@ -110,23 +110,32 @@ class TrtRestorer(RestorerBase):
             fp16=fp16,
             plugins=plugins,
         )
-        if plugins:
-            from daefr.export.plugins import register_plugins
-
-            register_plugins()
+        # No plugin registration here: an AOT plugin's PTX is inside the engine, which "does not
+        # require any Python modules or definitions to be present at runtime" (NVIDIA/TensorRT
+        # v11.1 samples/python/quickly_deployable_plugins/README.md); registering would only
+        # import Triton.
         self._trt = trt
         self._device = device
         self.stream = torch.cuda.Stream(device)
         logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(logger)
-        self.engine = self.runtime.deserialize_cuda_engine((self.engine_dir / entry["file"]).read_bytes())
-        if self.engine is None:
-            raise BackendError(
-                f"{self.engine_dir / entry['file']}: TensorRT could not deserialise it; rebuild"
-            )
-        self.context = self.engine.create_execution_context()
+        # No TensorRT call takes a device (IRuntime::deserializeCudaEngine, createExecutionContext,
+        # enqueueV3 in NVIDIA/TensorRT v11.1 include/NvInferRuntime.h), so TensorRT can only use
+        # the CUDA device current in this thread: every TensorRT call runs under `device`, so that
+        # cuda:1 puts the engine, its context and its launches on GPU 1, not on GPU 0.
+        with torch.cuda.device(device):
+            self.runtime = trt.Runtime(logger)
+            self.engine = self.runtime.deserialize_cuda_engine((self.engine_dir / entry["file"]).read_bytes())
+            if self.engine is None:
+                raise BackendError(
+                    f"{self.engine_dir / entry['file']}: TensorRT could not deserialise it; rebuild"
+                )
+            self.context = self.engine.create_execution_context()
         self._check_io()
         self._staging: torch.Tensor | None = None
+        # AOT plugins leak CUDA modules on every input-shape change in TensorRT 11.1 and 11.2.1
+        # (NVIDIA/TensorRT#4849, open): plugin engines always run at the profile's maximum
+        # batch, padded, so the shape never changes within a context.
+        self._fixed_batch = plugins
 
     def _check_io(self) -> None:
         trt = self._trt
@@ -155,10 +164,19 @@ class TrtRestorer(RestorerBase):
 
     def restore(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """batch (B, 3, R, R) in [-1, 1] -> (restored (B, 3, R, R) float32, code_idx (B, N) int64) on the GPU.
-        Batches above the engine profile's maximum run in chunks."""
+        Batches above the engine profile's maximum run in chunks; plugin engines pad every chunk
+        to that maximum (one input shape per context, see ``__init__``)."""
         self.check_batch(batch)
-        parts = [self._run(chunk) for chunk in batch.split(self._max_batch)]
+        parts = [self._run_chunk(chunk) for chunk in batch.split(self._max_batch)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _run_chunk(self, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = chunk.shape[0]
+        if not self._fixed_batch or b == self._max_batch:
+            return self._run(chunk)
+        padding = chunk.new_zeros((self._max_batch - b, *chunk.shape[1:]))
+        restored, codes = self._run(torch.cat([chunk, padding]))
+        return restored[:b], codes[:b]
 
     def _upload(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.dtype)
@@ -174,9 +192,13 @@ class TrtRestorer(RestorerBase):
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = x.shape[0]
         self.stream.wait_stream(torch.cuda.current_stream(self._device))  # x may come from that stream
-        with torch.cuda.stream(self.stream):
+        with torch.cuda.device(self._device), torch.cuda.stream(self.stream):
             x_dev = self._upload(x)
-            self.context.set_input_shape(INPUT_NAME, tuple(x_dev.shape))
+            if not self.context.set_input_shape(INPUT_NAME, tuple(x_dev.shape)):
+                raise BackendError(
+                    f"{self.engine_dir}: the engine refuses input shape {tuple(x_dev.shape)} for {INPUT_NAME} "
+                    f"(profile max batch {self._max_batch}, resolution {self._resolution}); rebuild with that profile"
+                )
             r, n_tokens = self._resolution, self.context.get_tensor_shape("code_idx")[1]
             out = {
                 "restored": torch.empty((b, 3, r, r), dtype=self._dtypes["restored"], device=self._device),

@@ -14,6 +14,14 @@ SPEC = EngineSpec("daefr", "ab" * 32, 1, 4, 8, fp16=True, plugins=False)
 GPU = {"gpu": "NVIDIA H100", "compute_capability": "9.0"}
 
 
+@pytest.fixture(autouse=True)
+def _plugin_target(monkeypatch):
+    """Plugin engine keys include the PTX target, resolved from the GPU; there is none here."""
+    from daefr.export import plugin_kernels
+
+    monkeypatch.setattr(plugin_kernels, "TARGET", plugin_kernels.PluginTarget(90, 90))
+
+
 def test_engine_key_changes_with_every_input():
     base = engine_key(SPEC, "11.4.0", GPU)
     assert base == engine_key(EngineSpec("daefr", "ab" * 32, 1, 4, 8, True, False), "11.4.0", dict(GPU))
@@ -41,6 +49,20 @@ def test_plugin_engine_keys_follow_the_kernel_code(monkeypatch):
     monkeypatch.setattr(trt_build, "plugin_code_digest", lambda: "edited kernel")
     assert engine_key(plugins, "11.4.0", GPU) != real
     assert engine_key(SPEC, "11.4.0", GPU) == engine_key(SPEC, "11.4.0", GPU)  # no digest without plugins
+
+
+def test_plugin_engine_keys_follow_the_drivers_ptx_limit(monkeypatch):
+    """A plugin engine whose PTX a CUDA 13.0 driver JITs (9.0) is not one a 12.8 driver (8.7) can load."""
+    from daefr.export import plugin_kernels
+
+    plugins = replace(SPEC, plugins=True)
+    newest = engine_key(plugins, "11.4.0", GPU)
+    monkeypatch.setattr(plugin_kernels, "TARGET", plugin_kernels.PluginTarget(90, 87))
+    assert engine_key(plugins, "11.4.0", GPU) != newest
+    monkeypatch.setattr(plugin_kernels, "TARGET", plugin_kernels.PluginTarget(90, 87, max_shared_bytes=65536))
+    assert len({newest, engine_key(plugins, "11.4.0", GPU)}) == 2
+    monkeypatch.setattr(plugin_kernels, "TARGET", None)
+    assert engine_key(SPEC, "11.4.0", GPU)  # a standard engine never asks for the PTX target
 
 
 def test_engine_spec_validates_the_profile():
