@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"seed": args.seed, "stage": args.stage, "files": records}
     atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
     log.info("wrote %d degraded images to %s (%d failed)", len(records), args.out, failed)
+    if failed:
+        print(f"daefr-degrade: {failed} of {len(paths)} files failed", file=sys.stderr)
     return 1 if failed else 0
 
 
