@@ -87,7 +87,8 @@ def _validate(args: argparse.Namespace) -> list[str]:
     if args.plugins and args.dynamo:
         raise UsageError("--plugins needs the TorchScript exporter; drop --dynamo")
     if args.ckpt is not None and not args.ckpt.is_file():
-        raise UsageError(f"--ckpt {args.ckpt}: no such file")
+        what = "not a regular file" if args.ckpt.exists() else "no such file"
+        raise UsageError(f"--ckpt {args.ckpt}: {what}")
     _check_out_dir(args)
     return list(dict.fromkeys(graphs))
 

@@ -44,6 +44,8 @@ from daefr.runtime.video_input import VideoError, check_output_container, expect
 
 log = logging.getLogger("daefr.video")
 PROG = "daefr-video"
+# A bound on thread counts: 10^8 intra-op threads made ONNX Runtime segfault; no CPU needs more.
+MAX_THREADS = 256
 
 
 def default_detect_workers() -> int:
@@ -64,7 +66,7 @@ def add_restorer_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuda-graphs", action="store_true", help="torch backend: replay CUDA graphs")
     parser.add_argument(
         "--threads",
-        type=int_range(0),
+        type=int_range(0, MAX_THREADS),
         default=0,
         help="intra-op CPU threads of the torch and ort backends (0 = the library's default)",
     )
@@ -143,7 +145,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--detect-workers",
-        type=int,
+        type=int_range(1, MAX_THREADS),
         default=default_detect_workers(),
         help="face-detection threads (frames are reordered after them)",
     )

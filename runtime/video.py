@@ -283,7 +283,12 @@ class _Pipeline:
         while (item := self.get(self.decoded)) is not _END:
             if isinstance(item, _Frame):
                 item.t_start = t0 = time.perf_counter()
-                item.rgb = item.frame.to_ndarray(format="rgb24")
+                try:
+                    item.rgb = item.frame.to_ndarray(format="rgb24")
+                except (ValueError, av.error.FFmpegError) as err:  # a frame of a damaged stream
+                    raise VideoError(
+                        f"{self.src}: frame {item.seq} cannot be converted to RGB ({err})"
+                    ) from err
                 if self.rotation_k:  # upright, as a player shows it (ffmpeg's autorotate)
                     item.rgb = np.ascontiguousarray(np.rot90(item.rgb, self.rotation_k))
                 item.faces = self.detector.detect(item.rgb)
@@ -455,6 +460,18 @@ def _add_video_stream(out: av.container.OutputContainer, video, info: VideoInfo,
     return stream
 
 
+def _output_streams(src: Path, out, video, audio: list, info: VideoInfo, options: VideoOptions):
+    """The output's video stream and audio streams (input index -> output stream)."""
+    try:
+        return _add_video_stream(out, video, info, options), {
+            a.index: out.add_stream_from_template(a) for a in audio
+        }
+    except (ValueError, TypeError, AttributeError) as err:  # a damaged stream header PyAV cannot copy
+        raise VideoError(
+            f"{src}: its streams cannot be written to the output ({type(err).__name__}: {err})"
+        ) from err
+
+
 def output_rate(info: VideoInfo) -> Fraction:
     """The encoder's nominal rate: the input's, else frames over duration, else 25 (timestamps
     are copied from the input either way, so a VFR input stays VFR)."""
@@ -494,9 +511,8 @@ def restore_video(
                 raise VideoError(f"{dst}: cannot write this container ({err})") from err
             ok = False
             try:
-                vstream = _add_video_stream(out, video, info, options)
+                vstream, audio_map = _output_streams(src, out, video, audio, info, options)
                 pipe.output_pix_fmt = vstream.pix_fmt
-                audio_map = {a.index: out.add_stream_from_template(a) for a in audio}
                 stages = [("read", lambda: pipe.read(container, video, audio))]
                 stages += [(f"detect{i}", pipe.detect) for i in range(options.detect_workers)]
                 stages += [("align", pipe.align), ("paste", lambda: pipe.paste(vstream.pix_fmt))]

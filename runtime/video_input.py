@@ -64,7 +64,8 @@ def _score(stream: av.video.stream.VideoStream) -> int:
     disposition = int(stream.disposition)
     if disposition & int(av.stream.Disposition.attached_pic):
         return 1
-    area = (stream.width or 0) * (stream.height or 0)
+    # A damaged file can leave a stream without a codec context (no width at all): it scores 0
+    area = (getattr(stream, "width", 0) or 0) * (getattr(stream, "height", 0) or 0)
     return area + 5_000_000 * bool(disposition & int(av.stream.Disposition.default))
 
 
@@ -134,23 +135,32 @@ def probe(src: Path) -> VideoInfo:
     """Open ``src``, pick its main stream and read what it says about itself; VideoError if unreadable."""
     container, video, audio = open_input(src)
     try:
-        k = _rotation_k(container, video)
-        width, height = (video.height, video.width) if k % 2 else (video.width, video.height)
-        pix_fmt = video.format.name if video.format is not None else "unknown"
-        rate = video.average_rate or video.guessed_rate or None
-        return VideoInfo(
-            stream_index=video.index,
-            width=width,
-            height=height,
-            rotation_k=k,
-            pix_fmt=pix_fmt,
-            bit_depth=_bit_depth(pix_fmt),
-            frames=int(video.frames) if video.frames else None,
-            seconds=_stream_seconds(video, container, bool(audio)),
-            rate=Fraction(rate) if rate else None,
-        )
+        return _describe(container, video, audio)
+    except (AttributeError, TypeError, ValueError, ZeroDivisionError, av.error.FFmpegError) as err:
+        # what a damaged header leaves: a stream without a codec context, a zero time base...
+        raise VideoError(f"{src}: not a readable video ({type(err).__name__}: {err})") from err
     finally:
         container.close()
+
+
+def _describe(container, video, audio) -> VideoInfo:
+    if not (getattr(video, "width", 0) and getattr(video, "height", 0)):
+        raise ValueError("the video stream has no picture size")
+    k = _rotation_k(container, video)
+    width, height = (video.height, video.width) if k % 2 else (video.width, video.height)
+    pix_fmt = video.format.name if video.format is not None else "unknown"
+    rate = video.average_rate or video.guessed_rate or None
+    return VideoInfo(
+        stream_index=video.index,
+        width=width,
+        height=height,
+        rotation_k=k,
+        pix_fmt=pix_fmt,
+        bit_depth=_bit_depth(pix_fmt),
+        frames=int(video.frames) if video.frames else None,
+        seconds=_stream_seconds(video, container, bool(audio)),
+        rate=Fraction(rate) if rate else None,
+    )
 
 
 def expected_frames(info: VideoInfo) -> int | None:

@@ -126,6 +126,11 @@ class Run:
         return code
 
 
+def case_rng(kind: str, i: int) -> np.random.Generator:
+    """Case ``i`` of ``kind`` depends on nothing else: a failure is replayed by its label."""
+    return np.random.default_rng([SEED, list(SHARES).index(kind), i])
+
+
 def _budget(kind: str, start: float) -> float:
     return start + BUDGET_S * SHARES[kind]
 
@@ -177,9 +182,10 @@ def seeds(tmp_path_factory, tiny_model):
             "videos": videos, "export": export_dir, "good_ckpt": base / "plain.pth"}  # fmt: skip
 
 
-def _fuzz_checkpoints(run: Run, seeds: dict, work: Path, rng: np.random.Generator) -> None:
+def _fuzz_checkpoints(run: Run, seeds: dict, work: Path) -> None:
     deadline, i = _budget("checkpoint", time.perf_counter()), 0
     while time.perf_counter() < deadline:
+        rng = case_rng("checkpoint", i)
         src = seeds["ckpts"][i % len(seeds["ckpts"])]
         case = work / f"c{i}{src.suffix}"
         if src.suffix != ".safetensors" and rng.random() < 0.6:
@@ -194,9 +200,10 @@ def _fuzz_checkpoints(run: Run, seeds: dict, work: Path, rng: np.random.Generato
         i += 1
 
 
-def _fuzz_images(run: Run, seeds: dict, work: Path, rng: np.random.Generator) -> None:
+def _fuzz_images(run: Run, seeds: dict, work: Path) -> None:
     deadline, i = _budget("image", time.perf_counter()), 0
     while time.perf_counter() < deadline:
+        rng = case_rng("image", i)
         folder = work / f"imgs{i}"
         folder.mkdir()
         cases = []
@@ -224,9 +231,10 @@ def _fuzz_images(run: Run, seeds: dict, work: Path, rng: np.random.Generator) ->
         i += 1
 
 
-def _fuzz_videos(run: Run, seeds: dict, work: Path, rng: np.random.Generator, onnx: Path) -> None:
+def _fuzz_videos(run: Run, seeds: dict, work: Path, onnx: Path) -> None:
     deadline, i = _budget("video", time.perf_counter()), 0
     while time.perf_counter() < deadline:
+        rng = case_rng("video", i)
         src = seeds["videos"][i % len(seeds["videos"])]
         case = work / f"v{i}{src.suffix}"
         case.write_bytes(mutate(src.read_bytes(), rng))
@@ -262,13 +270,14 @@ def _mutate_manifest(manifest: dict, rng: np.random.Generator) -> object:
     return m
 
 
-def _fuzz_manifests(run: Run, seeds: dict, work: Path, rng: np.random.Generator) -> None:
+def _fuzz_manifests(run: Run, seeds: dict, work: Path) -> None:
     export = seeds["export"]
     manifest = read_manifest(export)
     onnx_bytes = (export / "daefr.onnx").read_bytes()
     video = seeds["videos"][0]
     deadline, i = _budget("manifest", time.perf_counter()), 0
     while time.perf_counter() < deadline:
+        rng = case_rng("manifest", i)
         folder = work / f"e{i}"
         folder.mkdir()
         if rng.random() < 0.5:
@@ -290,13 +299,12 @@ def _fuzz_manifests(run: Run, seeds: dict, work: Path, rng: np.random.Generator)
 
 
 def test_fuzz_every_case_ends_in_an_exit_code_and_one_line(seeds, tmp_path):
-    rng = np.random.default_rng(SEED)
-    run = Run()
+    run = Run()  # each case draws its own generator (case_rng)
     t0 = time.perf_counter()
-    _fuzz_checkpoints(run, seeds, tmp_path, rng)
-    _fuzz_images(run, seeds, tmp_path, rng)
-    _fuzz_videos(run, seeds, tmp_path, rng, seeds["export"] / "daefr.onnx")
-    _fuzz_manifests(run, seeds, tmp_path, rng)
+    _fuzz_checkpoints(run, seeds, tmp_path)
+    _fuzz_images(run, seeds, tmp_path)
+    _fuzz_videos(run, seeds, tmp_path, seeds["export"] / "daefr.onnx")
+    _fuzz_manifests(run, seeds, tmp_path)
     totals = {k: sum(v.values()) for k, v in run.outcomes.items()}
     summary = {"seed": SEED, "budget_s": BUDGET_S, "wall_s": round(time.perf_counter() - t0, 1),
                "totals": totals, "outcomes": {k: dict(v) for k, v in run.outcomes.items()},

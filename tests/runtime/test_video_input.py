@@ -166,3 +166,22 @@ def test_a_fifo_as_input_does_not_hang(tmp_path, ort, capsys):
     os.mkfifo(fifo)
     assert main([str(fifo), "-o", str(tmp_path / "o.mp4"), *ort]) == 1
     assert "not a regular file" in capsys.readouterr().err
+
+
+def test_a_stream_without_a_codec_context_is_an_unreadable_video(monkeypatch, tmp_path):
+    """Found by the fuzz test: a damaged MP4 whose video stream has no ``width`` at all."""
+    import daefr.runtime.video_input as vi
+
+    class Broken:
+        index, disposition = 0, 0
+
+    class Container:
+        streams = type("S", (), {"video": [Broken()]})()
+
+        def close(self):
+            pass
+
+    assert vi._score(Broken()) == 0
+    monkeypatch.setattr(vi, "open_input", lambda src: (Container(), Broken(), []))
+    with pytest.raises(vi.VideoError, match="not a readable video .*no picture size"):
+        vi.probe(tmp_path / "x.mp4")
