@@ -187,6 +187,8 @@ def save_safetensors(model: DAEFR, path: str | Path, half: bool = False) -> int:
         for k, v in model.state_dict().items()
         if not k.startswith(TRAINING_ONLY_PREFIXES)
     }
+    if half:  # a weight beyond fp16's range would be saved as Inf
+        _check_finite(f"{path} (float16)", state)
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"format": "daefr", "dtype": "float16" if half else "float32"})
     return len(state)

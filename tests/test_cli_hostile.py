@@ -215,3 +215,14 @@ def test_training_data_error_from_a_worker_is_one_line(tmp_path):
     with pytest.raises(DataError) as err:
         next(batches(data, 1, 0, num_workers=2))
     assert "\n" not in str(err.value) and "none of them is readable" in str(err.value)
+
+
+def test_convert_fp16_refuses_weights_beyond_half_range(tmp_path, tiny_model, capsys):
+    state = dict(tiny_model.state_dict())
+    state["feat_emb.bias"] = torch.full_like(state["feat_emb.bias"], 1e6)  # finite in fp32, Inf in fp16
+    path = tmp_path / "big.pth"
+    torch.save(state, path)
+    out = tmp_path / "half.safetensors"
+    assert convert.main([str(path), "-o", str(out), "--preset", "tiny", "--fp16"]) == 1
+    assert "(float16): 1 tensors hold NaN or Inf: feat_emb.bias" in capsys.readouterr().err
+    assert not out.exists()
