@@ -226,3 +226,20 @@ def test_convert_fp16_refuses_weights_beyond_half_range(tmp_path, tiny_model, ca
     assert convert.main([str(path), "-o", str(out), "--preset", "tiny", "--fp16"]) == 1
     assert "(float16): 1 tensors hold NaN or Inf: feat_emb.bias" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_unaligned_photo_keeps_the_orientation_it_is_shown_in(tmp_path, ckpt):
+    stored = np.zeros((40, 80, 3), np.uint8)  # landscape as stored, portrait as shown (EXIF 6)
+    stored[:, :10] = 255  # the stored left edge is the shown top edge
+    img = Image.fromarray(stored)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    (tmp_path / "in").mkdir()
+    img.save(tmp_path / "in" / "phone.jpg", exif=exif, quality=95)
+    out = tmp_path / "out"
+    assert restore.main([str(tmp_path / "in"), "-o", str(out), "--ckpt", str(ckpt), "--preset", "tiny",
+                         "--unaligned", "-q"]) == 0  # fmt: skip
+    shown = np.asarray(Image.open(out / "phone.png"))
+    assert shown.shape[:2] == (80, 40)  # portrait, as the photo is shown
+    assert shown[:10].mean() > 200 and shown[-10:].mean() < 50  # top edge white, no tag needed
+    assert 0x0112 not in Image.open(out / "phone.png").getexif()
