@@ -32,12 +32,26 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _same_as_any(path: Path, inputs: Iterable[Path]) -> Path | None:
-    target, ident = Path(os.path.abspath(path)).resolve(), _identity(path)
-    for inp in inputs:
-        if Path(os.path.abspath(inp)).resolve() == target or (ident is not None and _identity(inp) == ident):
-            return Path(inp)
-    return None
+class _Inputs:
+    """The run's inputs by resolved path and by inode, for O(1) "is this an input?" checks."""
+
+    def __init__(self, inputs: Iterable[Path]) -> None:
+        self.by_path: dict[Path, Path] = {}
+        self.by_inode: dict[tuple[int, int], Path] = {}
+        for inp in inputs:
+            self.by_path.setdefault(Path(os.path.abspath(inp)).resolve(), Path(inp))
+            ident = _identity(inp)
+            if ident is not None:
+                self.by_inode.setdefault(ident, Path(inp))
+
+    def match(self, path: Path, resolved: Path | None = None) -> Path | None:
+        found = self.by_path.get(resolved or Path(os.path.abspath(path)).resolve())
+        ident = _identity(path)
+        return found or (self.by_inode.get(ident) if ident is not None else None)
+
+
+def _same_as_any(path: Path, inputs: Iterable[Path] | _Inputs) -> Path | None:
+    return (inputs if isinstance(inputs, _Inputs) else _Inputs(inputs)).match(path)
 
 
 def _writable_folder(folder: Path, what: str) -> None:
@@ -96,6 +110,10 @@ def plan_outputs(inputs: list[Path], out_dir: Path, suffix: str = ".png") -> dic
         stems[p.stem] = stems.get(p.stem, 0) + 1
     planned: dict[Path, Path] = {}
     owner: dict[Path, Path] = {}
+    known = _Inputs(inputs)
+    resolved_dir = Path(
+        os.path.abspath(out_dir)
+    ).resolve()  # once: a name in it may still be a link (inode check)
     for p in inputs:
         name = (p.stem if stems[p.stem] == 1 else p.name) + suffix
         target = out_dir / name
@@ -104,7 +122,7 @@ def plan_outputs(inputs: list[Path], out_dir: Path, suffix: str = ".png") -> dic
                 f"{owner[target]} and {p} would both be written to {target}; "
                 "rename one or restore them in separate runs"
             )
-        clash = _same_as_any(target, inputs)
+        clash = known.match(target, resolved_dir / name)
         if clash is not None:
             raise OutputError(f"output {target}: is the input {clash}; choose another output folder")
         owner[target], planned[p] = p, target
