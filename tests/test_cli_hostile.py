@@ -243,3 +243,11 @@ def test_unaligned_photo_keeps_the_orientation_it_is_shown_in(tmp_path, ckpt):
     assert shown.shape[:2] == (80, 40)  # portrait, as the photo is shown
     assert shown[:10].mean() > 200 and shown[-10:].mean() < 50  # top edge white, no tag needed
     assert 0x0112 not in Image.open(out / "phone.png").getexif()
+
+
+def test_report_checks_its_output_folder_before_measuring(tmp_path, capsys):
+    from daefr.runtime.report import cli as report_cli
+
+    (tmp_path / "file").write_text("x")
+    assert report_cli.main(["--random-weights", "--preset", "tiny", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
