@@ -6,6 +6,7 @@ which are strict and name what is wrong.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -107,7 +108,13 @@ def _one_line(err: BaseException) -> str:
 
 def _torch_load(path: Path) -> object:
     try:
-        return restricted_torch_load(str(path))
+        with warnings.catch_warnings(record=True) as said:  # torch's warnings on odd files: debug log only
+            warnings.simplefilter("always")
+            try:
+                return restricted_torch_load(str(path))
+            finally:
+                for w in said:
+                    log.debug("%s: %s", path, w.message)
     except RefusedGlobal as err:
         raise CheckpointError(f"{path}: refused, {err}") from err
     except Exception as err:  # noqa: BLE001 - a malformed file may fail anywhere in torch's reader

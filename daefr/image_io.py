@@ -69,12 +69,19 @@ def read_image(path: Path) -> np.ndarray:
     if not is_regular_file(path):
         raise ImageReadError(f"{path}: not a regular file (a folder, FIFO or device); skipped")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as said:
             # Between MAX_IMAGE_PIXELS and twice that PIL only warns; both are refused here.
+            # PIL's other warnings on damaged files ("Truncated File Read") are for the debug
+            # log: the user gets one line, the error, or nothing.
+            warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                return to_rgb8(ImageOps.exif_transpose(img), name=str(path))
+            try:
+                with Image.open(path) as img:
+                    img.load()
+                    return to_rgb8(ImageOps.exif_transpose(img), name=str(path))
+            finally:
+                for w in said:
+                    log.debug("%s: %s", path, w.message)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageReadError(f"{path}: refused, too many pixels for an image ({err})") from err
     except ImageReadError:

@@ -115,6 +115,8 @@ class Run:
         self.outcomes[kind][str(code)] += 1
         if code not in (0, 1, 2):
             self.problems.append(f"{kind} {label}: {code}")
+        elif "Warning" in text:
+            self.problems.append(f"{kind} {label}: a Python warning reached the terminal: {text[-300:]}")
         elif "Traceback" in text:
             self.problems.append(f"{kind} {label}: a traceback on stderr: {text[-300:]}")
         elif code != 0 and not any(
