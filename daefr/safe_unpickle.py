@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
+import math
 import pickle
 from collections.abc import Callable
 from typing import Any
@@ -30,8 +31,8 @@ import torch._utils as tu
 
 # Builtin types that are plain data; torch's own weights_only loader allows the same set.
 _DATA_BUILTINS: dict[str, type] = {
-    t.__name__: t for t in (dict, list, tuple, set, frozenset, int, float, complex, str, bool, slice, range)
-}
+    t.__name__: t for t in (dict, list, tuple, set, frozenset, int, float, complex, str, bool, slice)
+}  # not range: list(range(10**12)) is a two-opcode memory bomb
 _TORCH_CONSTANT_TYPES = (torch.dtype, torch.layout, torch.memory_format, torch.qscheme)
 
 # Packages whose objects in a checkpoint are metadata (hyper-parameters, loop state).
@@ -142,6 +143,12 @@ def _check_tensor_args(fn: str, storage: Any, offset: Any, size: Any, stride: An
         raise MalformedPickle(f"{fn}: storage offset {offset!r} is not an int >= 0")
     if not (_is_int_tuple(size) and _is_int_tuple(stride) and len(size) == len(stride)):
         raise MalformedPickle(f"{fn}: size {size!r} / stride {stride!r} are not matching int tuples")
+    numel = math.prod(size)
+    if numel > max(storage.size(), 1):  # stride-0 views: checking them would allocate their full size
+        raise MalformedPickle(
+            f"{fn}: a view of {numel} elements over {storage.size()} stored ones (an expanded tensor); "
+            "save tensor.contiguous()"
+        )
 
 
 def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):

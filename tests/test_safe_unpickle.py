@@ -195,6 +195,12 @@ MALFORMED = {
     "args_size.pth": lambda tmp: torch.save({"w": _Rebuild((None, 0, "x", (1,)))}, tmp / "args_size.pth"),
     "args_few.pth": lambda tmp: torch.save({"w": _Rebuild((1,))}, tmp / "args_few.pth"),
     "keys.pth": lambda tmp: torch.save({1: torch.zeros(1)}, tmp / "keys.pth"),
+    # a 10^12-element stride-0 view of one float: checking it would allocate a terabyte
+    "expanded.pth": lambda tmp: torch.save({"w": torch.zeros(1).expand(10**6, 10**6)}, tmp / "expanded.pth"),
+    # list(range(10**12)) in two opcodes: refused at the global, nothing allocated
+    "range_bomb.pth": lambda tmp: tmp.joinpath("range_bomb.pth").write_bytes(
+        b"\x80\x02c__builtin__\nlist\nc__builtin__\nrange\nJ\x00\xe4\x0bT\x85R\x85R."
+    ),
     "list.pth": lambda tmp: torch.save([torch.zeros(1)], tmp / "list.pth"),
 }
 
