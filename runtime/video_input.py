@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".ts", ".mts", ".m2ts", ".nut", ".flv")
 
 
+# Frames beyond this are refused (8K is 7680x4320): several such frames queue between the stages.
+MAX_SIDE = 16384
+
+
 class VideoError(RuntimeError):
     """An input that cannot be read or decoded, or an output that cannot be written."""
 
@@ -144,8 +148,11 @@ def probe(src: Path) -> VideoInfo:
 
 
 def _describe(container, video, audio) -> VideoInfo:
-    if not (getattr(video, "width", 0) and getattr(video, "height", 0)):
+    width, height = getattr(video, "width", 0), getattr(video, "height", 0)
+    if not (width and height):
         raise ValueError("the video stream has no picture size")
+    if max(width, height) > MAX_SIDE:  # a damaged or hostile header: frames of gigabytes each
+        raise ValueError(f"a {width}x{height} picture is beyond {MAX_SIDE} pixels a side")
     k = _rotation_k(container, video)
     width, height = (video.height, video.width) if k % 2 else (video.width, video.height)
     pix_fmt = video.format.name if video.format is not None else "unknown"

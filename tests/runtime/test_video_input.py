@@ -185,3 +185,12 @@ def test_a_stream_without_a_codec_context_is_an_unreadable_video(monkeypatch, tm
     monkeypatch.setattr(vi, "open_input", lambda src: (Container(), Broken(), []))
     with pytest.raises(vi.VideoError, match="not a readable video .*no picture size"):
         vi.probe(tmp_path / "x.mp4")
+
+
+def test_a_picture_beyond_the_size_limit_is_refused(monkeypatch, tmp_path, frames):
+    import daefr.runtime.video_input as vi
+
+    src = _write(tmp_path / "big.mp4", [{"frames": frames[:1]}])
+    monkeypatch.setattr(vi, "MAX_SIDE", 200)  # the clip is 256 wide: beyond it, as 20000 would be
+    with pytest.raises(vi.VideoError, match="256x192 picture is beyond 200 pixels a side"):
+        vi.probe(src)
