@@ -29,25 +29,30 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated(128 + signum)
 
 
+_lock = threading.Lock()
+
+
 def _enter_write() -> None:
-    """The outermost open write turns SIGTERM/SIGHUP into ``Terminated`` (only where the
-    default would kill the process without cleanup: in the main thread, default handler)."""
+    """The first open write turns SIGTERM/SIGHUP into ``Terminated`` (only where the default
+    would kill the process without cleanup: handlers can be set from the main thread only)."""
     global _open_writes
-    _open_writes += 1
-    if _open_writes > 1 or threading.current_thread() is not threading.main_thread():
-        return
-    for sig in _TERMINATING_SIGNALS:
-        if signal.getsignal(sig) is signal.SIG_DFL:
-            _saved_handlers[sig] = signal.signal(sig, _raise_terminated)
+    with _lock:
+        _open_writes += 1
+        if threading.current_thread() is not threading.main_thread() or _saved_handlers:
+            return
+        for sig in _TERMINATING_SIGNALS:
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                _saved_handlers[sig] = signal.signal(sig, _raise_terminated)
 
 
 def _leave_write() -> None:
     global _open_writes
-    _open_writes -= 1
-    if _open_writes == 0 and threading.current_thread() is threading.main_thread():
-        while _saved_handlers:
-            sig, handler = _saved_handlers.popitem()
-            signal.signal(sig, handler)
+    with _lock:
+        _open_writes -= 1
+        if _open_writes == 0 and threading.current_thread() is threading.main_thread():
+            while _saved_handlers:
+                sig, handler = _saved_handlers.popitem()
+                signal.signal(sig, handler)
 
 
 def _current_umask() -> int:
