@@ -42,12 +42,11 @@ from daefr.runtime.face.align import (
 )
 from daefr.runtime.face.detector import Face, FaceDetector
 from daefr.runtime.face.smooth import LandmarkSmoother
-from daefr.runtime.video_input import (  # noqa: F401 (VideoError, expected_frames, open_input: re-exported)
-    VideoError,
+from daefr.runtime.video_input import (
+    VideoError,  # also imported from here by runtime/bench.py
     VideoInfo,
     check_complete,
     check_output_container,
-    expected_frames,
     open_input,
     output_pix_fmt,
     probe,
