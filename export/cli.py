@@ -87,8 +87,26 @@ def _validate(args: argparse.Namespace) -> list[str]:
     if args.plugins and args.dynamo:
         raise UsageError("--plugins needs the TorchScript exporter; drop --dynamo")
     if args.ckpt is not None and not args.ckpt.is_file():
-        raise UsageError(f"--ckpt {args.ckpt}: no such file")
+        what = "not a regular file" if args.ckpt.exists() else "no such file"
+        raise UsageError(f"--ckpt {args.ckpt}: {what}")
+    _check_out_dir(args)
     return list(dict.fromkeys(graphs))
+
+
+def _check_out_dir(args: argparse.Namespace) -> None:
+    """--out-dir can be written, and none of the files written there is the checkpoint."""
+    from daefr.export.manifest import MANIFEST_NAME
+    from daefr.outputs import OutputError, check_output_dir, check_output_file
+
+    inputs = [args.ckpt] if args.ckpt is not None else []
+    try:
+        check_output_dir(args.out_dir)
+        if args.ckpt is not None and args.ckpt.resolve().parent == args.out_dir.resolve():
+            if args.ckpt.suffix in (".onnx", ".engine", ".json", ".cache"):
+                raise OutputError(f"--ckpt {args.ckpt}: lies in --out-dir with a name the export writes")
+        check_output_file(args.out_dir / MANIFEST_NAME, inputs, what="manifest")
+    except OutputError as err:
+        raise UsageError(str(err)) from None
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
@@ -121,7 +139,7 @@ def _mb(path: Path) -> str:
 
 
 def run(args: argparse.Namespace, graphs: list[str]) -> int:
-    from daefr.export.manifest import artifact_entry, build_manifest, write_manifest
+    from daefr.export.manifest import artifact_entry, build_manifest, invalidate_manifest, write_manifest
     from daefr.export.onnx_export import ExportError, export_graph
     from daefr.export.parity import stages_for
     from daefr.export.trt_build import trt_unavailable_reason
@@ -129,6 +147,9 @@ def run(args: argparse.Namespace, graphs: list[str]) -> int:
     model, weights = _load_model(args)
     out: Path = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
+    # The old manifest goes before any file it lists is rewritten; the new one is written last,
+    # so an interrupted re-export leaves no manifest at all, never one that disagrees with its files.
+    invalidate_manifest(out)
     start = time.perf_counter()
     stages = None if args.no_parity else stages_for(model, PARITY_BATCHES)
     if stages is not None:

@@ -138,15 +138,94 @@ def build_manifest(
     }
 
 
+class ManifestError(ValueError):
+    """A manifest that is unreadable or malformed, or an artifact that disagrees with it."""
+
+
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
     path = Path(out_dir) / MANIFEST_NAME
     atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return path
 
 
+def invalidate_manifest(out_dir: Path) -> None:
+    """Remove the old manifest before any of its files is rewritten: an interrupted re-export
+    then leaves no manifest (the runtime says to export) rather than one whose hashes lie."""
+    (Path(out_dir) / MANIFEST_NAME).unlink(missing_ok=True)
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def check_entry(where: Path, section: str, i: int, entry: Any) -> None:
+    """ManifestError unless ``entry`` has a plain ``file`` name and a 64-hex ``sha256``."""
+    name = f"{where}: {section}[{i}]"
+    if not isinstance(entry, dict):
+        raise ManifestError(f"{name} is a {type(entry).__name__}, not an object")
+    file, digest = entry.get("file"), entry.get("sha256")
+    if not isinstance(file, str) or not file:
+        raise ManifestError(f"{name}: 'file' is missing or not a string")
+    if Path(file).name != file or file in (".", ".."):
+        raise ManifestError(f"{name}: file {file!r} is not a plain file name inside {where.parent}")
+    if not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= _HEX):
+        raise ManifestError(f"{name} ({file}): 'sha256' is missing or not 64 hex digits")
+    for key in ("graph",):
+        if key in entry and not isinstance(entry[key], str):
+            raise ManifestError(f"{name} ({file}): {key!r} is not a string")
+
+
 def read_manifest(out_dir: Path) -> dict[str, Any]:
+    """The manifest of ``out_dir``, checked: format, and every artifact/engine entry with a
+    plain ``file`` name inside the folder and a sha256. ``ManifestError`` (one line) otherwise."""
     path = Path(out_dir) / MANIFEST_NAME
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no manifest (export with daefr-export)") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise ManifestError(f"{path}: not a readable manifest ({type(err).__name__}: {err})") from None
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{path}: not a JSON object")
     if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        raise ManifestError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    for section in ("artifacts", "engines"):
+        entries = manifest.get(section, [])
+        if not isinstance(entries, list):
+            raise ManifestError(f"{path}: {section!r} is not a list")
+        for i, entry in enumerate(entries):
+            check_entry(path, section, i, entry)
     return manifest
+
+
+def verified_file(out_dir: Path, entry: dict[str, Any]) -> Path:
+    """The file of a (checked) manifest entry, after checking it is there, a regular file
+    inside ``out_dir`` and has the recorded sha256."""
+    out_dir = Path(out_dir)
+    where = out_dir / MANIFEST_NAME
+    path = out_dir / entry["file"]
+    if path.resolve().parent != out_dir.resolve():
+        raise ManifestError(f"{where}: {entry['file']} resolves outside {out_dir} ({path.resolve()})")
+    if not path.is_file():
+        raise ManifestError(f"{where}: lists {entry['file']}, which is missing or not a file; export again")
+    if sha256_file(path) != entry["sha256"]:
+        raise ManifestError(
+            f"{path}: does not match the sha256 in {where} (modified, damaged, or a stale or foreign file); export again"
+        )
+    return path
+
+
+def verify_against_manifest(path: Path) -> dict[str, Any] | None:
+    """If a manifest beside ``path`` lists it, check the file against it (``ManifestError`` on
+    a mismatch) and return its entry; None when there is no manifest beside it."""
+    path = Path(path)
+    if not (path.parent / MANIFEST_NAME).is_file():
+        return None
+    manifest = read_manifest(path.parent)
+    for entry in manifest.get("artifacts", []) + manifest.get("engines", []):
+        if entry["file"] == path.name:
+            verified_file(path.parent, entry)
+            return entry
+    raise ManifestError(
+        f"{path}: not listed in {path.parent / MANIFEST_NAME}; a file beside a manifest must be one "
+        "of its artifacts (export again, or move the file elsewhere)"
+    )

@@ -29,6 +29,7 @@ import torch
 from daefr.atomic import atomic_write_text
 from daefr.checkpoint import CheckpointError
 from daefr.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, add_logging_flags, setup_logging
+from daefr.outputs import OutputError, check_output_file
 from daefr.runtime.backends import BACKENDS, BackendError, BackendUnavailable, Restorer
 from daefr.runtime.backends.trt_backend import TRT_MISSING
 from daefr.runtime.cli_video import (
@@ -260,6 +261,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     stages.add_argument("--out", type=Path, help="write the results as JSON here")
     add_logging_flags(stages)
     args = parser.parse_args(argv)
+    try:  # the results' path is checked before minutes of measuring
+        if args.out is not None:
+            check_output_file(args.out, what="--out")
+    except OutputError as err:
+        parser.error(str(err))
     if args.command == "stages":
         if args.frames < 1 or args.resolution < 16:
             stages.error("--frames must be >= 1 and --resolution >= 16")

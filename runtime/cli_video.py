@@ -23,8 +23,13 @@ from daefr.cli.common import (
     add_logging_flags,
     add_model_flags,
     build_model,
+    check_device,
+    check_impl,
+    float_range,
+    int_range,
     setup_logging,
 )
+from daefr.outputs import OutputError, check_distinct
 from daefr.runtime.backends import (
     BACKENDS,
     BackendError,
@@ -34,17 +39,13 @@ from daefr.runtime.backends import (
     export_onnx,
 )
 from daefr.runtime.face.detector import DetectorUnavailable, RetinaFaceDetector
-from daefr.runtime.video import (
-    ENCODER_PRESETS,
-    VideoError,
-    VideoOptions,
-    expected_frames,
-    open_input,
-    restore_video,
-)
+from daefr.runtime.video import ENCODER_PRESETS, VideoOptions, restore_video
+from daefr.runtime.video_input import VideoError, check_output_container, expected_frames, probe
 
 log = logging.getLogger("daefr.video")
 PROG = "daefr-video"
+# A bound on thread counts: 10^8 intra-op threads made ONNX Runtime segfault; no CPU needs more.
+MAX_THREADS = 256
 
 
 def default_detect_workers() -> int:
@@ -65,7 +66,7 @@ def add_restorer_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuda-graphs", action="store_true", help="torch backend: replay CUDA graphs")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=int_range(0, MAX_THREADS),
         default=0,
         help="intra-op CPU threads of the torch and ort backends (0 = the library's default)",
     )
@@ -92,6 +93,10 @@ def check_restorer_flags(parser: argparse.ArgumentParser, args: argparse.Namespa
         parser.error(
             f"the {backend} backend takes its weights from --onnx/--engine-dir; drop --ckpt/--random-weights"
         )
+    try:
+        check_impl(args.impl, check_device(args.device))
+    except UsageError as err:
+        parser.error(str(err))
 
 
 def build_restorer(args: argparse.Namespace, backend: str, workdir: Path) -> Restorer:
@@ -129,13 +134,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--crf", type=int, default=18, help="quality of libx264/libx265 (0-51, lower is better)"
     )
     add_encoder_preset_flag(parser)
-    parser.add_argument("--det-threshold", type=float, default=0.9, help="face detection score threshold")
     parser.add_argument(
-        "--det-max-side", type=int, default=640, help="detect on frames downscaled to this side"
+        "--det-threshold",
+        type=float_range(0, 1, open_min=True, open_max=True),
+        default=0.9,
+        help="face detection score threshold",
+    )
+    parser.add_argument(
+        "--det-max-side", type=int_range(32), default=640, help="detect on frames downscaled to this side"
     )
     parser.add_argument(
         "--detect-workers",
-        type=int,
+        type=int_range(1, MAX_THREADS),
         default=default_detect_workers(),
         help="face-detection threads (frames are reordered after them)",
     )
@@ -159,23 +169,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
     except ValueError as err:
         parser.error(str(err))
-    if not 0 < args.det_threshold < 1:
-        parser.error("--det-threshold must be in (0, 1)")
-    if args.output.resolve() == args.input.resolve():
-        parser.error("--output must differ from the input")
+    args.stats = args.stats or args.output.with_suffix(".stats.json")
+    try:  # where the run writes is settled before anything is decoded or built
+        check_output_container(args.output)
+        check_distinct({"--output": args.output, "--stats": args.stats}, inputs=[args.input])
+    except (VideoError, OutputError) as err:
+        parser.error(str(err))
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args)
-    if not args.input.is_file():
+    if not args.input.exists():
         print(f"{PROG}: {args.input}: no such file", file=sys.stderr)
         return EXIT_USAGE
     try:  # probe first: a corrupt input fails before any model is built
-        container, video, _ = open_input(args.input)
-        total = expected_frames(video, container)
-        container.close()
+        total = expected_frames(probe(args.input))
     except VideoError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return EXIT_FAILED
@@ -196,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             stats = restore_video(
                 args.input, args.output, restorer, detector, args.options, progress=bar.update
             )
-    except VideoError as err:
+    except (VideoError, BackendError) as err:  # BackendError: NaN/Inf faces, a failed engine run
         print(f"{PROG}: {err}", file=sys.stderr)
         return EXIT_FAILED
     finally:
@@ -207,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.random_weights
         else str(args.ckpt or args.onnx or args.engine_dir)
     )
-    stats_path = args.stats or args.output.with_suffix(".stats.json")
+    stats_path = args.stats
     atomic_write_text(stats_path, json.dumps(report, indent=2) + "\n")
     lat = stats.latency_ms
     log.info(

@@ -42,6 +42,15 @@ from daefr.runtime.face.align import (
 )
 from daefr.runtime.face.detector import Face, FaceDetector
 from daefr.runtime.face.smooth import LandmarkSmoother
+from daefr.runtime.video_input import (
+    VideoError,  # also imported from here by runtime/bench.py
+    VideoInfo,
+    check_complete,
+    check_output_container,
+    open_input,
+    output_pix_fmt,
+    probe,
+)
 from daefr.runtime.yuv_patch import can_patch, patch_yuv420p
 
 log = logging.getLogger(__name__)
@@ -52,10 +61,6 @@ CRF_CODECS = ("libx264", "libx264rgb", "libx265")
 ENCODER_PRESETS = (
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo",
 )  # fmt: skip
-
-
-class VideoError(RuntimeError):
-    """An input that cannot be read or decoded, or an output that cannot be written."""
 
 
 @dataclass(frozen=True)
@@ -84,8 +89,11 @@ class VideoOptions:
             raise ValueError(f"invalid VideoOptions: queue_frames={self.queue_frames}; must be >= 1")
         if not 0 <= self.crf <= 51:
             raise ValueError(f"invalid VideoOptions: crf={self.crf}; must be in [0, 51]")
-        if self.codec not in av.codecs_available:
-            raise ValueError(f"invalid VideoOptions: codec={self.codec!r}; not an encoder in this PyAV build")
+        if self.codec not in av.codecs_available or not _is_video_encoder(self.codec):
+            raise ValueError(
+                f"invalid VideoOptions: codec={self.codec!r}; not a video encoder in this PyAV build "
+                "(e.g. libx264, libx265, ffv1, libx264rgb)"
+            )
         if self.encoder_preset is not None and (
             self.codec not in CRF_CODECS or self.encoder_preset not in ENCODER_PRESETS
         ):
@@ -93,6 +101,13 @@ class VideoOptions:
                 f"invalid VideoOptions: encoder_preset={self.encoder_preset!r} with codec={self.codec!r}; "
                 f"presets are for {list(CRF_CODECS)}: {', '.join(ENCODER_PRESETS)}"
             )
+
+
+def _is_video_encoder(name: str) -> bool:
+    try:
+        return av.Codec(name, "w").type == "video"
+    except (ValueError, av.error.FFmpegError):
+        return False
 
 
 @dataclass
@@ -161,20 +176,6 @@ class _Stopped(Exception):
     """Raised inside a stage when another stage failed."""
 
 
-def expected_frames(
-    stream: av.video.stream.VideoStream, container: av.container.InputContainer
-) -> int | None:
-    """Frame count from the header: exact where the container stores it, else duration x rate."""
-    if stream.frames:
-        return int(stream.frames)
-    rate = stream.average_rate or stream.guessed_rate
-    if stream.duration is not None and stream.time_base is not None and rate:
-        return round(float(stream.duration * stream.time_base * rate))
-    if container.duration is not None and rate:
-        return round(container.duration / av.time_base * float(rate))
-    return None
-
-
 class _Pipeline:
     def __init__(
         self,
@@ -185,6 +186,9 @@ class _Pipeline:
         progress: Callable[[int], None] | None,
     ) -> None:
         self.src, self.restorer, self.detector, self.options = src, restorer, detector, options
+        self.rotation_k = 0  # quarter turns counterclockwise that make a stored frame upright
+        self.decoded_end_s: float | None = None  # where the last decoded frame ends, seconds
+        self.output_pix_fmt = ""
         self.progress = progress
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
@@ -252,6 +256,13 @@ class _Pipeline:
                     continue
                 for frame in packet.decode():
                     self.add_time("decode", time.perf_counter() - t0)
+                    if frame.time is not None:
+                        span = (
+                            float(frame.duration * frame.time_base)
+                            if frame.duration and frame.time_base
+                            else 0.0
+                        )
+                        self.decoded_end_s = frame.time + span
                     self.put(self.decoded, _Frame(seq, frame))
                     seq += 1
                     self.decoded_count += 1
@@ -271,7 +282,14 @@ class _Pipeline:
         while (item := self.get(self.decoded)) is not _END:
             if isinstance(item, _Frame):
                 item.t_start = t0 = time.perf_counter()
-                item.rgb = item.frame.to_ndarray(format="rgb24")
+                try:
+                    item.rgb = item.frame.to_ndarray(format="rgb24")
+                except (ValueError, av.error.FFmpegError) as err:  # a frame of a damaged stream
+                    raise VideoError(
+                        f"{self.src}: frame {item.seq} cannot be converted to RGB ({err})"
+                    ) from err
+                if self.rotation_k:  # upright, as a player shows it (ffmpeg's autorotate)
+                    item.rgb = np.ascontiguousarray(np.rot90(item.rgb, self.rotation_k))
                 item.faces = self.detector.detect(item.rgb)
                 self.add_time("detect", time.perf_counter() - t0)
             self.put(self.detected, item)
@@ -301,7 +319,8 @@ class _Pipeline:
                     ready.crops = warp_faces(ready.rgb, ready.matrices, resolution)
                     self.add_time("align", time.perf_counter() - t0)
                 elif isinstance(ready, _Frame):
-                    ready.rgb = None  # written from the decoded frame itself
+                    if not self.rotation_k:
+                        ready.rgb = None  # written from the decoded frame itself
                     if smoother is not None:
                         smoother.update([], float(ready.frame.time or 0.0))  # a gap ends the tracks
                 self.put(self.aligned, ready)
@@ -374,10 +393,13 @@ class _Pipeline:
         only its face regions converted back from RGB (``yuv_patch``); other formats the whole
         frame."""
         while (item := self.get(self.restored)) is not _END:
-            if isinstance(item, _Frame) and item.crops is not None:
+            if isinstance(item, _Frame) and item.crops is None and item.rgb is not None:
+                item.restored_frame = av.VideoFrame.from_ndarray(item.rgb, format="rgb24")  # rotated upright
+                item.rgb = None
+            elif isinstance(item, _Frame) and item.crops is not None:
                 t0 = time.perf_counter()
                 rgb = paste_faces(item.rgb, item.crops, item.matrices)
-                if can_patch(item.frame, encoder_pix_fmt):
+                if can_patch(item.frame, encoder_pix_fmt) and not self.rotation_k:
                     h, w, r = rgb.shape[0], rgb.shape[1], item.crops.shape[1]
                     regions = [box for m in item.matrices if (box := face_region(m, r, w, h)) is not None]
                     item.restored_frame = patch_yuv420p(item.frame, rgb, regions)
@@ -400,8 +422,9 @@ class _Pipeline:
             if item.restored_frame is not None:
                 frame = item.restored_frame
                 frame.pts, frame.time_base = item.frame.pts, item.frame.time_base
-                self.stats.frames_with_faces += 1
-                self.stats.faces += len(item.crops)
+                if item.crops is not None:
+                    self.stats.frames_with_faces += 1
+                    self.stats.faces += len(item.crops)
             else:
                 frame = item.frame
                 frame.pict_type = av.video.frame.PictureType.NONE  # let the encoder choose frame types
@@ -419,28 +442,14 @@ def _n_faces(item: object) -> int:
     return len(item.crops) if isinstance(item, _Frame) and item.crops is not None else 0
 
 
-def open_input(src: Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream, list]:
-    """The input container, its first video stream and its audio streams; VideoError if unreadable."""
-    if not src.is_file():
-        raise VideoError(f"{src}: no such file")
-    try:
-        container = av.open(str(src))
-    except (av.error.FFmpegError, UnicodeDecodeError) as err:
-        raise VideoError(f"{src}: not a readable video ({err})") from err
-    if not container.streams.video:
-        container.close()
-        raise VideoError(f"{src}: has no video stream")
-    video = container.streams.video[0]
-    video.thread_type = "AUTO"
-    return container, video, list(container.streams.audio)
-
-
-def _add_video_stream(out: av.container.OutputContainer, video, options: VideoOptions):
-    rate = video.average_rate or video.guessed_rate or Fraction(25)
-    stream = out.add_stream(options.codec, rate=rate)
-    stream.width, stream.height = video.width, video.height
-    odd = video.width % 2 or video.height % 2
-    stream.pix_fmt = LOSSLESS_PIX_FMT.get(options.codec, "yuv444p" if odd else "yuv420p")
+def _add_video_stream(out: av.container.OutputContainer, video, info: VideoInfo, options: VideoOptions):
+    stream = out.add_stream(options.codec, rate=output_rate(info))
+    stream.width, stream.height = info.width, info.height  # upright: rotated inputs are turned
+    odd = info.width % 2 or info.height % 2
+    default = LOSSLESS_PIX_FMT.get(options.codec, "yuv444p" if odd else "yuv420p")
+    stream.pix_fmt = (
+        default if options.codec in LOSSLESS_PIX_FMT else output_pix_fmt(info, options.codec, default)
+    )
     if video.time_base is not None:
         stream.codec_context.time_base = video.time_base  # keep the input's timestamps
     if options.codec in CRF_CODECS:
@@ -448,6 +457,28 @@ def _add_video_stream(out: av.container.OutputContainer, video, options: VideoOp
         if options.encoder_preset is not None:
             stream.options = {**stream.options, "preset": options.encoder_preset}
     return stream
+
+
+def _output_streams(src: Path, out, video, audio: list, info: VideoInfo, options: VideoOptions):
+    """The output's video stream and audio streams (input index -> output stream)."""
+    try:
+        return _add_video_stream(out, video, info, options), {
+            a.index: out.add_stream_from_template(a) for a in audio
+        }
+    except (ValueError, TypeError, AttributeError) as err:  # a damaged stream header PyAV cannot copy
+        raise VideoError(
+            f"{src}: its streams cannot be written to the output ({type(err).__name__}: {err})"
+        ) from err
+
+
+def output_rate(info: VideoInfo) -> Fraction:
+    """The encoder's nominal rate: the input's, else frames over duration, else 25 (timestamps
+    are copied from the input either way, so a VFR input stays VFR)."""
+    if info.rate:
+        return info.rate
+    if info.frames and info.seconds:
+        return Fraction(info.frames / info.seconds).limit_denominator(1001)
+    return Fraction(25)
 
 
 def restore_video(
@@ -465,9 +496,11 @@ def restore_video(
     """
     src, dst = Path(src), Path(dst)
     options = options or VideoOptions()
+    check_output_container(dst)
+    info = probe(src)
     container, video, audio = open_input(src)
     pipe = _Pipeline(src, restorer, detector, options, progress)
-    expected = expected_frames(video, container)
+    pipe.rotation_k = info.rotation_k
     t_start = time.perf_counter()
     try:
         with atomic_path(dst) as tmp:
@@ -477,8 +510,8 @@ def restore_video(
                 raise VideoError(f"{dst}: cannot write this container ({err})") from err
             ok = False
             try:
-                vstream = _add_video_stream(out, video, options)
-                audio_map = {a.index: out.add_stream_from_template(a) for a in audio}
+                vstream, audio_map = _output_streams(src, out, video, audio, info, options)
+                pipe.output_pix_fmt = vstream.pix_fmt
                 stages = [("read", lambda: pipe.read(container, video, audio))]
                 stages += [(f"detect{i}", pipe.detect) for i in range(options.detect_workers)]
                 stages += [("align", pipe.align), ("paste", lambda: pipe.paste(vstream.pix_fmt))]
@@ -491,7 +524,7 @@ def restore_video(
                     t.join()
                 if pipe.errors:
                     raise pipe.errors[0]
-                _check_complete(src, pipe.decoded_count, expected, options.max_frames)
+                check_complete(src, info, pipe.decoded_count, pipe.decoded_end_s, options.max_frames)
                 ok = True
             except av.error.FFmpegError as err:
                 raise VideoError(f"{dst}: encoding or muxing failed ({err})") from err
@@ -508,9 +541,12 @@ def restore_video(
     stats.video = {
         "input": str(src),
         "output": str(dst),
-        "width": video.width,
-        "height": video.height,
-        "rate": str(video.average_rate),
+        "width": info.width,
+        "height": info.height,
+        "rate": str(vstream_rate := output_rate(info)),
+        "fps_nominal": float(vstream_rate),
+        **info.to_dict(),
+        "output_pix_fmt": pipe.output_pix_fmt,
         "audio_streams": len(audio),
         "codec": options.codec,
         "backend": restorer.name,
@@ -535,15 +571,3 @@ def _close_output(out: av.container.OutputContainer, dst: Path, raise_errors: bo
         if raise_errors:
             raise VideoError(f"{dst}: finishing the output failed ({err})") from err
         log.debug("closing the failed output %s: %s", dst, err)
-
-
-def _check_complete(src: Path, decoded: int, expected: int | None, max_frames: int | None) -> None:
-    if decoded == 0:
-        raise VideoError(f"{src}: no video frame could be decoded (corrupt or empty file)")
-    if max_frames is not None and decoded >= max_frames:
-        return
-    # A container's header promises a frame count (or a duration); a truncated file falls short.
-    if expected is not None and decoded < expected - max(2, 0.02 * expected):
-        raise VideoError(
-            f"{src}: truncated or corrupt: decoded {decoded} of the {expected} frames its header promises"
-        )

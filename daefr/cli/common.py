@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
+from collections.abc import Callable
 
 import torch
 
@@ -17,6 +20,83 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 class UsageError(Exception):
     """Bad flags or inputs: printed as one line, exit code 2."""
+
+
+def int_range(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type=`` for an int within [minimum, maximum]; the message names the bound."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}: must be >= {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value}: must be <= {maximum}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
+
+
+def float_range(
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    open_min: bool = False,
+    open_max: bool = False,
+) -> Callable[[str], float]:
+    """An argparse ``type=`` for a finite float within the bounds (``open_*``: bound excluded)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text}: must be a finite number")
+        if minimum is not None and (value < minimum or (open_min and value == minimum)):
+            raise argparse.ArgumentTypeError(f"{value}: must be {'>' if open_min else '>='} {minimum}")
+        if maximum is not None and (value > maximum or (open_max and value == maximum)):
+            raise argparse.ArgumentTypeError(f"{value}: must be {'<' if open_max else '<='} {maximum}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def check_device(name: str) -> torch.device:
+    """The ``--device`` as a torch device that this machine can compute on (cpu or cuda[:N])."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(f"--device {name!r}: {err}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name}: only cpu and cuda[:N] are supported")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"--device {name}: no CUDA device is available on this machine; use --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def check_impl(impl: str, device: torch.device) -> None:
+    """``--impl triton`` needs Triton, and on the CPU its interpreter (TRITON_INTERPRET=1)."""
+    if impl != "triton":
+        return
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        raise UsageError("--impl triton: Triton is not installed (pip install 'daefr[triton]')") from None
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise UsageError(
+            "--impl triton on the CPU runs only under Triton's interpreter: set TRITON_INTERPRET=1 "
+            "(slow), or use --impl torch"
+        )
 
 
 def add_logging_flags(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +119,7 @@ def add_model_flags(parser: argparse.ArgumentParser, weights_required: bool = Tr
         action="store_true",
         help="seeded random weights (a smoke test: they restore nothing)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
+    parser.add_argument("--seed", type=int_range(0, 2**63 - 1), default=0, help="seed for --random-weights")
     parser.add_argument("--preset", default="official", choices=sorted(PRESETS), help="model size")
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
@@ -51,12 +131,8 @@ def add_model_flags(parser: argparse.ArgumentParser, weights_required: bool = Tr
 
 def build_model(args: argparse.Namespace) -> DAEFR:
     """The model the flags ask for, eval mode, on ``args.device``."""
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as err:
-        raise UsageError(f"--device {args.device!r}: {err}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available on this machine")
+    device = check_device(args.device)
+    check_impl(args.impl, device)
     if args.ckpt:
         return load_model(args.ckpt, args.preset, impl=args.impl, device=device)
     logging.getLogger(__name__).warning(

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from daefr.checkpoint import CheckpointError, load_model, save_safetensors
-from daefr.cli.common import EXIT_OK, EXIT_USAGE, add_logging_flags, setup_logging
+from daefr.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_logging_flags, setup_logging
 from daefr.config import PRESETS
+from daefr.outputs import OutputError, check_output_file
 
 log = logging.getLogger("daefr.convert")
 
@@ -31,11 +32,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"daefr-convert: {args.output}: the output must end in .safetensors", file=sys.stderr)
         return EXIT_USAGE
     try:
+        check_output_file(args.output, [args.ckpt])
         model = load_model(args.ckpt, args.preset)
-    except CheckpointError as err:
+    except (CheckpointError, OutputError) as err:
         print(f"daefr-convert: {err}", file=sys.stderr)
         return EXIT_USAGE
-    count = save_safetensors(model, args.output, half=args.fp16)
+    try:
+        count = save_safetensors(model, args.output, half=args.fp16)
+    except CheckpointError as err:
+        print(f"daefr-convert: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as err:
+        print(f"daefr-convert: {args.output}: writing failed ({err})", file=sys.stderr)
+        return EXIT_FAILED
     size_mb = args.output.stat().st_size / 2**20
     log.info("wrote %d tensors to %s (%.1f MiB)", count, args.output, size_mb)
     return EXIT_OK

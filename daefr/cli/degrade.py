@@ -21,8 +21,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from daefr.atomic import atomic_path, atomic_write_text
+from daefr.cli.common import int_range
 from daefr.degradation import STAGE_DEGRADATIONS, random_degrade, to_uint8
-from daefr.training.data import DataError, list_images, read_rgb
+from daefr.image_io import ImageReadError, images_in_folder, read_image
+from daefr.outputs import OutputError, check_output_dir, check_output_file, plan_outputs
 
 log = logging.getLogger("daefr.degrade")
 
@@ -35,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("in_dir", type=Path, help="folder of input images")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output folder (PNG files)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="random seed")
     parser.add_argument(
         "--stage",
         choices=sorted(STAGE_DEGRADATIONS),
@@ -57,19 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(message)s")
-    try:
-        paths = list_images(args.in_dir)
-    except DataError as err:
-        print(f"daefr-degrade: error: {err}", file=sys.stderr)
+    if not args.in_dir.is_dir():
+        print(f"daefr-degrade: error: {args.in_dir}: no such folder", file=sys.stderr)
         return 2
+    paths = images_in_folder(args.in_dir)
     if not paths:
         print(f"daefr-degrade: error: {args.in_dir}: no images to degrade", file=sys.stderr)
         return 2
-    if args.out.resolve() == args.in_dir.resolve():
-        print(
-            "daefr-degrade: error: --out must differ from IN_DIR (inputs would be overwritten)",
-            file=sys.stderr,
-        )
+    meta_path = args.out / "degradation.json"
+    try:  # every output is settled before the first image is read
+        check_output_dir(args.out, [args.in_dir])
+        outputs = plan_outputs(paths, args.out)
+        check_output_file(meta_path, paths, what="the parameters file")
+    except OutputError as err:
+        print(f"daefr-degrade: error: {err}", file=sys.stderr)
         return 2
 
     cfg = STAGE_DEGRADATIONS[args.stage]
@@ -77,20 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for path in tqdm(paths, desc="degrade", unit="img", disable=args.quiet):
         try:
-            image = read_rgb(path)
+            image = read_image(path).astype(np.float32) / 255.0
             result = random_degrade(image, cfg, file_rng(args.seed, path.name))
-            target = args.out / f"{path.stem}.png"
+            target = outputs[path]
             with atomic_path(target) as tmp:
                 Image.fromarray(to_uint8(result.image)).save(tmp, format="PNG")
-        except (DataError, OSError) as err:
+        except (ImageReadError, OSError) as err:
             log.error("%s", err)
             failed += 1
             continue
         records[path.name] = {"output": target.name, **result.params.to_dict()}
         log.debug("%s -> %s %s", path.name, target, result.params)
     meta = {"seed": args.seed, "stage": args.stage, "files": records}
-    atomic_write_text(args.out / "degradation.json", json.dumps(meta, indent=1) + "\n")
+    atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
     log.info("wrote %d degraded images to %s (%d failed)", len(records), args.out, failed)
+    if failed:
+        print(f"daefr-degrade: {failed} of {len(paths)} files failed", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -19,9 +19,12 @@ from daefr.cli.common import (
     add_logging_flags,
     add_model_flags,
     build_model,
+    int_range,
     setup_logging,
 )
-from daefr.image_io import ImageReadError, list_images, read_rgb, rgb_to_tensor, tensor_to_rgb, write_rgb
+from daefr.image_io import ImageReadError, list_images, read_image, rgb_to_tensor, tensor_to_rgb, write_rgb
+from daefr.outputs import OutputError, check_output_dir, plan_outputs
+from daefr.runtime.backends.base import NonFiniteOutput, check_finite_output
 
 log = logging.getLogger("daefr.restore")
 
@@ -35,31 +38,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("inputs", nargs="+", type=Path, help="image files or folders of images")
     parser.add_argument("-o", "--out-dir", type=Path, required=True, help="where restored PNGs go")
     add_model_flags(parser)
-    parser.add_argument("--batch-size", type=int, default=4, help="faces per forward pass")
+    parser.add_argument("--batch-size", type=int_range(1), default=4, help="faces per forward pass")
     parser.add_argument(
         "--unaligned",
         action="store_true",
         help="inputs are whole photos: detect every face, align, restore and paste back",
     )
+    parser.add_argument(
+        "--det-max-side",
+        type=int_range(32),
+        default=1280,
+        help="--unaligned: detect on photos downscaled to this side (raise it for small faces in big photos)",
+    )
     add_logging_flags(parser)
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch-size must be >= 1")
-    return args
+    return parser.parse_args(argv)
 
 
-def restore_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, batch_size: int) -> list[str]:
-    """Restore every readable file; returns one message per file that failed."""
+def restore_files(model: torch.nn.Module, outputs: dict[Path, Path], batch_size: int) -> list[str]:
+    """Restore every readable file (input -> output path); returns one message per file that failed."""
     resolution = model.config.vqgan.resolution
     device = next(model.parameters()).device
     failures: list[str] = []
+    paths = list(outputs)
     progress = tqdm(total=len(paths), unit="face", desc="restoring", disable=None)
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         names, images = [], []
         for path in chunk:
             try:
-                images.append(rgb_to_tensor(read_rgb(path), resolution, name=str(path)))
+                images.append(rgb_to_tensor(read_image(path), resolution, name=str(path)))
                 names.append(path)
             except ImageReadError as err:
                 failures.append(str(err))
@@ -67,30 +74,33 @@ def restore_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, batc
         if images:
             with torch.inference_mode():
                 result = model(torch.stack(images).to(device))
+            check_finite_output(result.restored, f"the model on {names[0]} (batch of {len(names)})")
             for path, restored in zip(names, result.restored, strict=True):
-                write_rgb(out_dir / f"{path.stem}.png", tensor_to_rgb(restored))
+                write_rgb(outputs[path], tensor_to_rgb(restored))
         progress.update(len(chunk))
     progress.close()
     return failures
 
 
-def restore_photos(model: torch.nn.Module, paths: list[Path], out_dir: Path, batch_size: int) -> list[str]:
+def restore_photos(
+    model: torch.nn.Module, outputs: dict[Path, Path], batch_size: int, det_max_side: int
+) -> list[str]:
     """Whole photos: every detected face restored and pasted back; one message per failure."""
     from daefr.runtime.backends import create_restorer
     from daefr.runtime.face.detector import RetinaFaceDetector
     from daefr.runtime.photo import restore_photo
 
-    detector = RetinaFaceDetector()
+    detector = RetinaFaceDetector(max_side=det_max_side)
     restorer = create_restorer("torch", model=model, device=next(model.parameters()).device)
     failures: list[str] = []
-    for path in tqdm(paths, unit="photo", desc="restoring", disable=None):
+    for path in tqdm(list(outputs), unit="photo", desc="restoring", disable=None):
         try:
-            rgb = read_rgb(path)
+            rgb = read_image(path)
         except ImageReadError as err:
             failures.append(str(err))
             log.error("skipped %s", err)
             continue
-        write_rgb(out_dir / f"{path.stem}.png", restore_photo(rgb, restorer, detector, batch_size))
+        write_rgb(outputs[path], restore_photo(rgb, restorer, detector, batch_size))
     return failures
 
 
@@ -105,13 +115,24 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print("daefr-restore: no images found in the given inputs", file=sys.stderr)
         return EXIT_USAGE
-    try:
+    try:  # where every output goes is settled before the model is built
+        check_output_dir(args.out_dir, [p for p in args.inputs if p.is_dir()])
+        outputs = plan_outputs(paths, args.out_dir)
         model = build_model(args)
-    except (CheckpointError, UsageError) as err:
+    except (CheckpointError, UsageError, OutputError) as err:
         print(f"daefr-restore: {err}", file=sys.stderr)
         return EXIT_USAGE
-    run = restore_photos if args.unaligned else restore_files
-    failures = run(model, paths, args.out_dir, args.batch_size)
+    try:
+        if args.unaligned:
+            failures = restore_photos(model, outputs, args.batch_size, args.det_max_side)
+        else:
+            failures = restore_files(model, outputs, args.batch_size)
+    except NonFiniteOutput as err:
+        print(f"daefr-restore: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as err:  # disk full or the folder removed mid-run: nothing half-written
+        print(f"daefr-restore: writing failed: {err}", file=sys.stderr)
+        return EXIT_FAILED
     done = len(paths) - len(failures)
     log.info("restored %d of %d images into %s", done, len(paths), args.out_dir)
     if failures:

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from daefr.degradation import DegradationConfig, random_degrade
+from daefr.image_io import IMAGE_SUFFIXES, ImageReadError, images_in_folder, read_image
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class DataError(ValueError):
@@ -29,20 +28,20 @@ class DataError(ValueError):
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
+    """Regular image files directly in ``folder``, sorted by name."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return images_in_folder(folder)
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """-> (H, W, 3) float32 RGB in [0, 1]; DataError names the file if it cannot be read."""
+    """-> (H, W, 3) float32 RGB in [0, 1] (read by ``daefr.image_io``: upright, any mode);
+    DataError names the file if it cannot be read."""
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read image ({err})") from err
+        return read_image(path).astype(np.float32) / 255.0
+    except ImageReadError as err:
+        raise DataError(str(err)) from err
 
 
 def resize_crop(image: np.ndarray, resolution: int) -> np.ndarray:
@@ -93,11 +92,22 @@ class FaceFolder(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        hq = resize_crop(read_rgb(self.paths[index]), self.resolution)
+        hq = resize_crop(self._read_readable(index), self.resolution)
         if self.hflip and rng.random() < 0.5:
             hq = hq[:, ::-1]
         lq = random_degrade(hq, self.degradation, rng).image
         return {"hq": to_tensor(hq), "lq": to_tensor(lq)}
+
+    def _read_readable(self, index: int) -> np.ndarray:
+        """The image at ``index``, or (an unreadable file is skipped, with one warning line)
+        the next readable one: a pure function of ``index``, so resuming stays exact."""
+        for step in range(len(self.paths)):
+            path = self.paths[(index + step) % len(self.paths)]
+            try:
+                return read_rgb(path)
+            except DataError as err:
+                log.warning("skipped %s", err)
+        raise DataError(f"{len(self.paths)} images and none of them is readable")
 
 
 class _SkipSampler(Sampler[int]):
@@ -152,5 +162,15 @@ def batches(
             # its own generator: worker seeds must not consume (and so depend on) the global RNG
             generator=torch.Generator().manual_seed(dataset.seed * 100_003 + epoch),
         )
-        yield from loader
+        try:
+            yield from loader
+        except DataError as err:  # from a worker process: torch adds the worker's traceback
+            raise DataError(_last_line(str(err))) from None
         epoch, skip = epoch + 1, 0
+
+
+def _last_line(message: str) -> str:
+    """The original error of a DataLoader worker's message ("...\nmodule.DataError: text")."""
+    last = [line for line in message.splitlines() if line.strip()][-1]
+    prefix = f"{DataError.__module__}.{DataError.__qualname__}: "
+    return last.removeprefix(prefix).removeprefix("DataError: ")

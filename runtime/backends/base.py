@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -13,6 +14,21 @@ class BackendUnavailable(RuntimeError):
 
 class BackendError(RuntimeError):
     """A backend that loads but refuses its model (stale engine, wrong graph, bad shapes)."""
+
+
+class NonFiniteOutput(BackendError):
+    """A restore produced NaN or Inf: damaged weights, or an fp16/bf16 overflow in an engine."""
+
+
+def check_finite_output(restored: torch.Tensor, where: str) -> None:
+    """NonFiniteOutput unless every value of ``restored`` is finite. Clamping would turn NaN
+    into black faces with exit 0; this is the one place that refuses them instead."""
+    if not bool(torch.isfinite(restored).all()):
+        bad = int((~torch.isfinite(restored)).sum())
+        raise NonFiniteOutput(
+            f"{where}: {bad} of {restored.numel()} restored values are NaN or Inf (damaged weights, "
+            "or a half-precision overflow: try fp32 / another backend)"
+        )
 
 
 @runtime_checkable
@@ -46,6 +62,13 @@ class RestorerBase:
 
     name: str = "base"
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # Every backend's ``restore`` is wrapped here, once, with the output check, so that no
+        # backend (today's or a new one) can hand NaN/Inf faces to the pipeline.
+        super().__init_subclass__(**kwargs)
+        if "restore" in cls.__dict__:
+            cls.restore = _checked_restore(cls.__dict__["restore"])
+
     @property
     def resolution(self) -> int:
         raise NotImplementedError
@@ -67,6 +90,16 @@ class RestorerBase:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _checked_restore(restore):  # noqa: ANN001, ANN202 (wraps any backend's restore)
+    @functools.wraps(restore)
+    def checked(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        restored, code_idx = restore(self, batch)
+        check_finite_output(restored, f"{self.name} backend")
+        return restored, code_idx
+
+    return checked
 
 
 def require_cuda(backend: str, device: torch.device) -> None:

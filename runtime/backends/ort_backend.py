@@ -58,6 +58,7 @@ class OrtRestorer(RestorerBase):
             raise BackendUnavailable(
                 f"ort backend: {self.onnx_path}: no such ONNX file (export one with daefr-export)"
             )
+        _verify_onnx(self.onnx_path)
         device = torch.device(device)
         providers = tuple(providers or default_providers(device))
         if any(p in GPU_PROVIDERS for p in providers):
@@ -73,12 +74,18 @@ class OrtRestorer(RestorerBase):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
         provider_options = [{"device_id": device.index or 0} if p in GPU_PROVIDERS else {} for p in providers]
-        self.session = ort.InferenceSession(
-            str(self.onnx_path),
-            sess_options=options,
-            providers=list(providers),
-            provider_options=provider_options,
-        )
+        try:
+            self.session = ort.InferenceSession(
+                str(self.onnx_path),
+                sess_options=options,
+                providers=list(providers),
+                provider_options=provider_options,
+            )
+        except Exception as err:  # noqa: BLE001 - ORT's pybind errors (InvalidProtobuf, Fail...) are plain Exceptions
+            raise BackendError(
+                f"{self.onnx_path}: ONNX Runtime cannot load it ({type(err).__name__}: "
+                f"{' '.join(str(err).split())[:200]}); export it again with daefr-export"
+            ) from None
         if self.session.get_providers()[0] != providers[0]:
             raise BackendUnavailable(
                 f"ort backend: {providers[0]} failed to initialise (session runs on {self.session.get_providers()})"
@@ -146,6 +153,16 @@ class OrtRestorer(RestorerBase):
 
     def close(self) -> None:
         self.session = None
+
+
+def _verify_onnx(path: Path) -> None:
+    """An ONNX file beside a daefr-export manifest must match the sha256 recorded there."""
+    from daefr.export.manifest import ManifestError, verify_against_manifest
+
+    try:
+        verify_against_manifest(path)
+    except ManifestError as err:
+        raise BackendError(str(err)) from None
 
 
 def _np_dtype(dtype: torch.dtype) -> type:

@@ -8,13 +8,19 @@ manifest was written) is a ``BackendError`` that says to rebuild, never a silent
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
 
-from daefr.export.manifest import FORMAT, MANIFEST_NAME, sha256_file
+from daefr.export.manifest import (
+    FORMAT,
+    MANIFEST_NAME,
+    ManifestError,
+    check_entry,
+    read_manifest,
+    verified_file,
+)
 from daefr.runtime.backends.base import BackendError, BackendUnavailable, RestorerBase, require_cuda
 from daefr.runtime.backends.ort_backend import INPUT_NAME, OUTPUT_NAMES
 
@@ -64,13 +70,11 @@ def select_engine(
             f"{e.get('compute_capability')}; this is TensorRT {trt_version} on {compute_capability}; {rebuild}"
         )
     entry = runnable[0]
-    engine = engine_dir / entry["file"]
-    if not engine.is_file():
-        raise BackendError(f"{where}: lists {entry['file']}, which is missing; {rebuild}")
-    if sha256_file(engine) != entry.get("sha256"):
-        raise BackendError(
-            f"{engine}: does not match the sha256 in {where} (stale or foreign engine); {rebuild}"
-        )
+    try:
+        check_entry(where, "engines", manifest["engines"].index(entry), entry)
+        verified_file(engine_dir, entry)
+    except (ManifestError, KeyError) as err:
+        raise BackendError(f"{err}; {rebuild}") from None
     return entry
 
 
@@ -102,9 +106,13 @@ class TrtRestorer(RestorerBase):
                 f"trt backend: {manifest_path}: no manifest (build engines with daefr-export)"
             )
         major, minor = torch.cuda.get_device_capability(device)
+        try:
+            manifest = read_manifest(self.engine_dir)
+        except ManifestError as err:
+            raise BackendError(str(err)) from None
         entry = select_engine(
             self.engine_dir,
-            json.loads(manifest_path.read_text()),
+            manifest,
             trt_version=trt.__version__,
             compute_capability=f"{major}.{minor}",
             fp16=fp16,

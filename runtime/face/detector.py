@@ -95,6 +95,8 @@ class RetinaFaceDetector:
             raise ValueError(
                 f"score_threshold and nms_threshold must be in (0, 1), got {score_threshold}, {nms_threshold}"
             )
+        if max_side < max(STRIDES):  # below the coarsest stride the network has no output cell
+            raise ValueError(f"max_side must be >= {max(STRIDES)} pixels, got {max_side}")
         self.score_threshold, self.nms_threshold, self.max_side = score_threshold, nms_threshold, max_side
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

@@ -21,6 +21,7 @@ from daefr.cli.common import (
     build_model,
     setup_logging,
 )
+from daefr.outputs import OutputError, check_output_dir
 from daefr.runtime.report.build import ReportConfig, collect
 from daefr.runtime.report.html import render
 
@@ -67,9 +68,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args)
-    try:
+    try:  # the output folder is checked before the (minutes of) measuring
+        check_output_dir(args.out, [p for p in (args.engine_dir, args.plugin_engine_dir) if p])
         model = build_model(args)
-    except (CheckpointError, UsageError) as err:
+    except (CheckpointError, UsageError, OutputError) as err:
         print(f"daefr-report: {err}", file=sys.stderr)
         return EXIT_USAGE
     weights = (
