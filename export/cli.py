@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -49,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=Path("out/export"), help="where the artifacts go")
     p.add_argument("--only", default=",".join(GRAPHS), help="comma-separated graphs to export")
     p.add_argument(
-        "--fp16", action="store_true", help="also write FP16 ONNX (FP32 islands) and build FP16 engines"
-    )
+        "--precision", choices=("fp32", "fp16", "bf16"), default=None,
+        help="engines to build: fp32, or fp16 (also writes the FP16 ONNX with FP32 islands); bf16 is refused",
+    )  # fmt: skip
+    p.add_argument("--fp16", action="store_true", help="alias of --precision fp16")
     p.add_argument(
         "--plugins", action="store_true", help="also write ONNX with our Triton kernels as TensorRT plugins"
     )
@@ -71,6 +72,14 @@ def _validate(args: argparse.Namespace) -> list[str]:
     from daefr.export.graphs import GRAPHS
     from daefr.export.onnx_export import check_opset
 
+    if args.fp16 and args.precision not in (None, "fp16"):
+        raise UsageError(f"--fp16 and --precision {args.precision} disagree; pass one of them")
+    if args.precision == "bf16":
+        raise UsageError(
+            "--precision bf16: no backend runs a bf16 export (TensorRT and ONNX Runtime take fp32 or fp16 graphs; "
+            "OpenVINO's bf16 is an inference precision of the fp32 ONNX); use fp32 or fp16"
+        )
+    args.fp16 = args.fp16 or args.precision == "fp16"
     graphs = [g.strip() for g in args.only.split(",") if g.strip()]
     unknown = [g for g in graphs if g not in GRAPHS]
     if not graphs or unknown:
@@ -265,10 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             force=True,
         )
         graphs = _validate(args)
-        if args.plugins:
-            # Tracing runs the Triton kernels once on the CPU model: the interpreter must be
-            # on before daefr.kernels is imported (CUDA tensors are not involved in export).
-            os.environ.setdefault("TRITON_INTERPRET", "1")
+        # Tracing runs the daefr:: ops once on the CPU model: their CPU implementations (the
+        # PyTorch references, daefr.kernels) serve it without Triton's interpreter.
         return run(args, graphs)
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

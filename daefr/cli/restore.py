@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,7 +23,11 @@ from daefr.cli.common import (
     build_model,
     setup_logging,
 )
+from daefr.cli.plan_flags import add_plan_flags, plan_from_args, sources_from_args
 from daefr.image_io import ImageReadError, list_images, read_rgb, rgb_to_tensor, tensor_to_rgb, write_rgb
+from daefr.runtime.auto import check_sources
+from daefr.runtime.backends import BackendError, BackendUnavailable, PlanError, Restorer
+from daefr.runtime.restorers import open_restorer
 
 log = logging.getLogger("daefr.restore")
 
@@ -34,7 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("inputs", nargs="+", type=Path, help="image files or folders of images")
     parser.add_argument("-o", "--out-dir", type=Path, required=True, help="where restored PNGs go")
-    add_model_flags(parser)
+    add_model_flags(parser, weights_required=False)
+    add_plan_flags(parser)
     parser.add_argument("--batch-size", type=int, default=4, help="faces per forward pass")
     parser.add_argument(
         "--unaligned",
@@ -45,13 +52,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
+    try:
+        args.plan = plan_from_args(args)
+        args.sources = sources_from_args(args)
+        if args.plan.backend != "auto":
+            check_sources(args.plan, args.sources)
+    except PlanError as err:
+        parser.error(str(err))
     return args
 
 
-def restore_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, batch_size: int) -> list[str]:
+def restore_files(restorer: Restorer, paths: list[Path], out_dir: Path, batch_size: int) -> list[str]:
     """Restore every readable file; returns one message per file that failed."""
-    resolution = model.config.vqgan.resolution
-    device = next(model.parameters()).device
+    resolution = restorer.resolution
     failures: list[str] = []
     progress = tqdm(total=len(paths), unit="face", desc="restoring", disable=None)
     for start in range(0, len(paths), batch_size):
@@ -65,23 +78,20 @@ def restore_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, batc
                 failures.append(str(err))
                 log.error("skipped %s", err)
         if images:
-            with torch.inference_mode():
-                result = model(torch.stack(images).to(device))
-            for path, restored in zip(names, result.restored, strict=True):
+            restored_batch, _ = restorer.restore(torch.stack(images))
+            for path, restored in zip(names, restored_batch.cpu(), strict=True):
                 write_rgb(out_dir / f"{path.stem}.png", tensor_to_rgb(restored))
         progress.update(len(chunk))
     progress.close()
     return failures
 
 
-def restore_photos(model: torch.nn.Module, paths: list[Path], out_dir: Path, batch_size: int) -> list[str]:
+def restore_photos(restorer: Restorer, paths: list[Path], out_dir: Path, batch_size: int) -> list[str]:
     """Whole photos: every detected face restored and pasted back; one message per failure."""
-    from daefr.runtime.backends import create_restorer
     from daefr.runtime.face.detector import RetinaFaceDetector
     from daefr.runtime.photo import restore_photo
 
     detector = RetinaFaceDetector()
-    restorer = create_restorer("torch", model=model, device=next(model.parameters()).device)
     failures: list[str] = []
     for path in tqdm(paths, unit="photo", desc="restoring", disable=None):
         try:
@@ -106,12 +116,21 @@ def main(argv: list[str] | None = None) -> int:
         print("daefr-restore: no images found in the given inputs", file=sys.stderr)
         return EXIT_USAGE
     try:
-        model = build_model(args)
-    except (CheckpointError, UsageError) as err:
+        with tempfile.TemporaryDirectory(prefix="daefr-restore-") as workdir:
+            # Aligned inputs are one face each; photos hold at least one.
+            sources = replace(args.sources, expected_faces=len(paths))
+            restorer, _ = open_restorer(args.plan, sources, lambda: build_model(args), Path(workdir))
+    except (CheckpointError, UsageError, PlanError, BackendUnavailable) as err:
         print(f"daefr-restore: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BackendError as err:
+        print(f"daefr-restore: {err}", file=sys.stderr)
+        return EXIT_FAILED
     run = restore_photos if args.unaligned else restore_files
-    failures = run(model, paths, args.out_dir, args.batch_size)
+    try:
+        failures = run(restorer, paths, args.out_dir, args.batch_size)
+    finally:
+        restorer.close()
     done = len(paths) - len(failures)
     log.info("restored %d of %d images into %s", done, len(paths), args.out_dir)
     if failures:

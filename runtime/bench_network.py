@@ -1,0 +1,216 @@
+"""``daefr-bench network``: every backend x precision x layout that runs here, side by side in
+one run, against eager fp32 NCHW: faces/s, ms per batch (p50/p95), speed ratio, code agreement,
+PSNR, and the share of this machine's matmul peak (measured in the same run) each one reaches.
+
+CPUs differ (AMX, AVX512-BF16, AVX2 only) and the CI machine is shared: compare rows of one
+run, never across runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from daefr.model import DAEFR
+from daefr.precision import quality_bar
+from daefr.runtime.auto import Sources, unavailable
+from daefr.runtime.backends import BackendError, BackendUnavailable, create_restorer, export_onnx
+from daefr.runtime.plan import PlanError, PrecisionPlan
+
+log = logging.getLogger(__name__)
+
+OFFICIAL_GMAC_PER_FACE = 453.0  # issue 19; bench_network.macs_per_face counts it for any preset
+
+
+@dataclass(frozen=True)
+class Row:
+    backend: str
+    precision: str
+    variant: str  # the plan's label, e.g. "torch fp32 channels_last"
+    batch: int
+    faces_per_s: float | None = None
+    ms_p50: float | None = None
+    ms_p95: float | None = None
+    ratio_vs_eager: float | None = None
+    code_agreement: float | None = None
+    psnr_db: float | None = None
+    meets_quality_bar: bool | None = None
+    pct_of_peak: float | None = None
+    peak_dtype: str | None = None
+    setup_s: float | None = None  # build / export / compile of the first call of this batch size
+    skipped: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def default_plans(device: str, compile_torch: bool) -> list[PrecisionPlan]:
+    """The variants worth comparing on ``device``; the first is the reference (eager fp32 NCHW)."""
+    base = PrecisionPlan("torch", device=device)
+    plans = [base, replace(base, channels_last=True)]
+    if compile_torch:
+        plans.append(replace(base, channels_last=True, compile=True))
+    if torch.device(device).type == "cuda":
+        plans += [replace(base, cuda_graphs=True), replace(base, precision="fp16", channels_last=True),
+                  replace(base, precision="bf16", channels_last=True), PrecisionPlan("ort", device=device),
+                  PrecisionPlan("ort", "fp16", device=device), PrecisionPlan("trt", device=device),
+                  PrecisionPlan("trt", "fp16", device=device)]  # fmt: skip
+        return plans
+    return plans + [
+        PrecisionPlan("ort", device=device),
+        PrecisionPlan("openvino", device=device),
+        replace(base, precision="bf16", channels_last=True),
+        PrecisionPlan("openvino", "bf16", device=device),
+        PrecisionPlan("ort", "fp16", device=device),
+    ]
+
+
+def macs_per_face(model: DAEFR) -> float:
+    """Multiply-accumulates of one face through the whole network (FLOPs / 2), counted by
+    torch's FlopCounterMode on a copy on the meta device (instant, no weights touched)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(model).to("meta").requires_grad_(False)
+    r = model.config.vqgan.resolution
+    counter = FlopCounterMode(display=False)
+    with counter:
+        meta(torch.empty(1, 3, r, r, device="meta"))
+    return counter.get_total_flops() / 2
+
+
+def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, seconds: float = 2.0) -> float:
+    """MAC/s of an n x n x n matmul in ``dtype`` on ``device`` (best of repeated timings)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best, spent = math.inf, 0.0
+    while spent < seconds:
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        if a.is_cuda:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        best, spent = min(best, dt), spent + dt
+    return n**3 / best
+
+
+def psnr_db(got: torch.Tensor, want: torch.Tensor) -> float:
+    """PSNR of images in [-1, 1] (peak-to-peak 2)."""
+    mse = torch.mean((got.double() - want.double()) ** 2).item()
+    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+def _time(restore: Callable[[torch.Tensor], tuple], batch: torch.Tensor, iters: int) -> list[float]:
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        restored, _ = restore(batch)
+        if restored.is_cuda:
+            torch.cuda.synchronize(restored.device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure(
+    model: DAEFR,
+    plans: Sequence[PrecisionPlan],
+    batches: Sequence[int],
+    iters: int,
+    workdir: Path,
+    images: Callable[[int], torch.Tensor],
+    peaks: dict[str, float],
+) -> list[Row]:
+    """One row per (plan, batch); the first plan is the reference every row is compared with."""
+    macs = macs_per_face(model)
+    reference: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
+    rows: list[Row] = []
+    sources = Sources(weights=True)
+    exported: dict[bool, Path] = {}
+    for plan in plans:
+        why = None if plan.backend == "torch" else unavailable(plan.backend, plan, sources)
+        if why is None:
+            try:
+                plan.check_backend(plan.backend)
+            except PlanError as err:
+                why = str(err)
+        if why is not None:
+            rows += [Row(plan.backend, plan.precision, plan.label(), b, skipped=why) for b in batches]
+            log.info("%s: skipped (%s)", plan.label(), why)
+            continue
+        t0 = time.perf_counter()
+        try:
+            onnx = None
+            if plan.backend in ("ort", "openvino"):  # one export per graph precision, shared by the rows
+                fp16 = plan.backend == "ort" and plan.precision == "fp16"
+                if fp16 not in exported:
+                    exported[fp16] = export_onnx(model, workdir / f"daefr{'.fp16' if fp16 else ''}.onnx", fp16=fp16)
+                onnx = exported[fp16]
+            restorer = create_restorer(plan, model=copy.deepcopy(model), onnx=onnx, workdir=workdir)
+        except (BackendUnavailable, BackendError, PlanError) as err:
+            rows += [Row(plan.backend, plan.precision, plan.label(), b, skipped=str(err)) for b in batches]
+            continue
+        build_s = time.perf_counter() - t0
+        try:
+            for b in batches:
+                rows.append(_measure_one(restorer, plan, b, iters, images(b), reference, macs, peaks, build_s))
+                build_s = 0.0
+        finally:
+            restorer.close()
+    return rows
+
+
+def _measure_one(restorer, plan, b, iters, batch, reference, macs, peaks, build_s) -> Row:  # noqa: ANN001
+    t0 = time.perf_counter()
+    restored, code_idx = restorer.restore(batch)  # warm-up: compile / capture / autotune for this size
+    setup = build_s + time.perf_counter() - t0
+    times = _time(restorer.restore, batch, iters)
+    faces_per_s = b * iters / sum(times)
+    if b not in reference:
+        reference[b] = (restored.cpu(), code_idx.cpu(), faces_per_s)
+    ref_restored, ref_codes, ref_speed = reference[b]
+    agreement = (code_idx.cpu() == ref_codes).double().mean().item()
+    psnr = psnr_db(restored.cpu(), ref_restored)
+    bar = quality_bar(plan.precision)
+    peak_dtype = plan.precision if plan.precision in peaks else "fp32"
+    ms = np.asarray(times) * 1e3 / 1.0
+    row = Row(
+        plan.backend, plan.precision, plan.label(), b,
+        faces_per_s=faces_per_s, ms_p50=float(np.percentile(ms, 50)), ms_p95=float(np.percentile(ms, 95)),
+        ratio_vs_eager=faces_per_s / ref_speed, code_agreement=agreement, psnr_db=psnr,
+        meets_quality_bar=agreement >= bar.code_agreement and psnr >= bar.psnr_db,
+        pct_of_peak=100 * faces_per_s * macs / peaks[peak_dtype], peak_dtype=peak_dtype, setup_s=setup,
+    )  # fmt: skip
+    log.info(
+        "%s batch %d: %.3f faces/s (x%.2f), codes %.2f %%, PSNR %.1f dB",
+        plan.label(), b, faces_per_s, row.ratio_vs_eager, 100 * agreement, psnr,
+    )  # fmt: skip
+    return row
+
+
+def format_rows(rows: Sequence[Row], macs: float, peaks: dict[str, float]) -> str:
+    head = (
+        f"{'variant':34} {'batch':>5} {'faces/s':>9} {'p50 ms':>9} {'p95 ms':>9} {'x eager':>8} "
+        f"{'codes %':>8} {'PSNR dB':>8} {'% peak':>7} {'bar':>4}"
+    )
+    lines = [
+        f"network: {macs / 1e9:.1f} GMAC per face; matmul peak "
+        + ", ".join(f"{k} {v / 1e9:.0f} GMAC/s" for k, v in peaks.items()),
+        head,
+    ]
+    for r in rows:
+        if r.skipped:
+            lines.append(f"{r.variant:34} {r.batch:5d} skipped: {r.skipped}")
+            continue
+        lines.append(
+            f"{r.variant:34} {r.batch:5d} {r.faces_per_s:9.3f} {r.ms_p50:9.1f} {r.ms_p95:9.1f} "
+            f"{r.ratio_vs_eager:8.2f} {100 * r.code_agreement:8.2f} {r.psnr_db:8.1f} {r.pct_of_peak:7.1f} "
+            f"{'ok' if r.meets_quality_bar else 'MISS':>4}"
+        )
+    return "\n".join(lines)
