@@ -170,19 +170,19 @@ def run(args: argparse.Namespace, graphs: list[str]) -> int:
         except RuntimeError as err:
             print(f"{PROG}: engine build failed: {err}", file=sys.stderr)
             failed.append("engines")
-    path = write_manifest(
-        out,
-        build_manifest(
-            model,
-            preset=args.preset,
-            weights=weights,
-            opset=args.opset,
-            exporter="dynamo" if args.dynamo else "torchscript",
-            artifacts=artifacts,
-            engines=engines,
-            engines_not_built=reason,
-        ),
+    manifest = build_manifest(
+        model,
+        preset=args.preset,
+        weights=weights,
+        opset=args.opset,
+        exporter="dynamo" if args.dynamo else "torchscript",
+        artifacts=artifacts,
+        engines=engines,
+        engines_not_built=reason,
     )
+    # The plan the engines were built for: what `--backend trt --precision P [--plugins]` selects.
+    manifest["plan"] = {"precision": "fp16" if args.fp16 else "fp32", "plugins": args.plugins}
+    path = write_manifest(out, manifest)
     log.info("wrote %s; %d ONNX files in %.1f s", path, len(artifacts), time.perf_counter() - start)
     if failed:
         print(f"{PROG}: parity or build FAILED for {', '.join(failed)} (details in {path})", file=sys.stderr)

@@ -70,7 +70,7 @@ def sources_from_args(args: argparse.Namespace) -> Sources:
     for flag in ("onnx", "engine_dir"):
         path = getattr(args, flag)
         if path is not None and flag == "onnx" and not path.is_file():
-            raise PlanError(f"--onnx {path}: no such file")
+            raise PlanError(f"--onnx {path}: no such file (or not a file)")
         if path is not None and flag == "engine_dir" and not path.is_dir():
             raise PlanError(f"--engine-dir {path}: no such folder")
     sources = Sources(weights=bool(args.ckpt or args.random_weights), onnx=args.onnx, engine_dir=args.engine_dir)

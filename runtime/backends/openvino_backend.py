@@ -64,7 +64,7 @@ class OpenVinoRestorer(RestorerBase):
         self._check_graph(model)
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
-        got = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        got = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         log.info("openvino: %s on CPU, inference precision %s", self.onnx_path.name, got)
 
     def _check_graph(self, model) -> None:  # noqa: ANN001 (an openvino.Model)

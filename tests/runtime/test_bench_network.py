@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("onnxruntime")
 
@@ -49,3 +50,13 @@ def test_network_usage_errors_exit_2():
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2
+
+
+def test_the_official_network_is_453_gmac_per_face():
+    """The floor's numerator, counted on the meta device (no weights, instant)."""
+    from daefr import DAEFR, DAEFRConfig
+    from daefr.runtime.bench_network import OFFICIAL_GMAC_PER_FACE, macs_per_face
+
+    with torch.device("meta"):
+        model = DAEFR(DAEFRConfig.from_name("official"))
+    assert macs_per_face(model) / 1e9 == pytest.approx(OFFICIAL_GMAC_PER_FACE, rel=1e-3)

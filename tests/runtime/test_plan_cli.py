@@ -60,6 +60,14 @@ def test_daefr_export_refuses_bf16_and_disagreeing_aliases(tmp_path, capsys):
     assert export_main([*out, "--fp16", "--precision", "fp32"]) == 2
     assert "disagree" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    # --precision fp16 is --fp16: the FP16 graph is written, and the manifest records the plan
+    only = [*out, "--only", "mhca", "--no-parity", "--precision", "fp16"]
+    assert export_main(only) == 0
+    import json
+
+    manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
+    assert manifest["plan"] == {"precision": "fp16", "plugins": False}
+    assert {a["file"] for a in manifest["artifacts"]} == {"mhca.onnx", "mhca.fp16.onnx"}
 
 
 def test_bench_and_report_take_precision(tmp_path, capsys):
