@@ -53,6 +53,7 @@ from daefr.runtime.cli_video import (
 from daefr.runtime.clips import carphone_path, synthetic_frames, write_clip
 from daefr.runtime.cpu_info import cpu_summary, onednn_bf16_isa
 from daefr.runtime.face.detector import RetinaFaceDetector
+from daefr.runtime.plan import MAX_THREADS
 from daefr.runtime.video import VideoError, VideoOptions, latency_summary, restore_video
 
 log = logging.getLogger("daefr.bench")
@@ -132,6 +133,9 @@ def warm_every_batch_size(restorer: Restorer, max_batch: int) -> None:
     before the timed run, so CUDA-graph captures and Triton autotuning (keyed on the token
     count) happen here, not inside the measured frames. CUDA only: on the CPU nothing is
     compiled per batch size, and the official preset would spend minutes here."""
+    if getattr(restorer, "plan", None) is not None and restorer.plan.compile:  # inductor: one graph per size
+        restorer.warmup(list(range(1, max_batch + 1)))
+        return
     if torch.device(restorer.device).type not in COMPILES_PER_BATCH_SIZE:
         return
     r = restorer.resolution
@@ -306,8 +310,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_logging_flags(stages)
     args = parser.parse_args(argv)
     if args.command == "network":
-        if args.iters < 1 or args.threads < 0:
-            network.error("--iters must be >= 1 and --threads >= 0")
+        if args.iters < 1 or not 0 <= args.threads <= MAX_THREADS:
+            network.error(f"--iters must be >= 1 and --threads within 0..{MAX_THREADS}")
         try:
             precision_from_args(args)
         except PlanError as err:

@@ -46,6 +46,7 @@ def cpu_summary() -> dict[str, object]:
     }
 
 
+@functools.cache
 def onednn_bf16_isa() -> str:
     """The ISA oneDNN chose for a bf16 convolution here (e.g. ``avx512_core_amx`` or
     ``avx512_core_bf16``), read from its verbose log; "unknown" if it printed none."""

@@ -31,6 +31,10 @@ SUPPORTED: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+# Intra-op threads beyond this are a typo, not a machine (ONNX Runtime would start them all).
+MAX_THREADS = 1024
+
+
 class PlanError(ValueError):
     """A plan no backend can honour as asked; the message names the flag and what to try."""
 
@@ -67,8 +71,8 @@ class PrecisionPlan:
             raise PlanError(f"--device {self.device!r}: {err}") from None
         if device.type not in ("cpu", "cuda"):
             raise PlanError(f"--device {self.device}: only cpu and cuda devices are supported")
-        if not isinstance(self.threads, int) or self.threads < 0:
-            raise PlanError(f"--threads {self.threads}: must be >= 0 (0 = the library's default)")
+        if not isinstance(self.threads, int) or not 0 <= self.threads <= MAX_THREADS:
+            raise PlanError(f"--threads {self.threads}: must be within 0..{MAX_THREADS} (0 = the library's default)")
         only = {"plugins": ("trt",), "compile": ("torch",), "cuda_graphs": ("torch",), "channels_last": ("torch",)}
         for flag, backends in only.items():
             if getattr(self, flag) and self.backend not in (*backends, "auto"):

@@ -88,6 +88,11 @@ class TorchRestorer(RestorerBase):
             torch.set_num_threads(plan.threads)
         if plan.precision == "bf16" and device.type == "cpu" and not torch.backends.mkldnn.is_available():
             raise BackendUnavailable("torch backend: bf16 on the CPU needs oneDNN (mkldnn), absent in this build")
+        if plan.precision == "bf16" and device.type == "cpu":
+            from daefr.runtime.cpu_info import onednn_bf16_isa
+
+            # avx512_core_amx: AMX tiles; avx512_core_bf16: AVX512-BF16 dot products only.
+            log.info("torch bf16 on the CPU: oneDNN runs its %s kernels", onednn_bf16_isa())
         self.plan = plan
         self.model = apply_precision(model.eval().to(device), plan.dtype)
         if plan.channels_last:

@@ -28,6 +28,7 @@ from daefr.runtime.plan import PrecisionPlan as Plan
         ({"backend": "torch", "cuda_graphs": True}, "--cuda-graphs needs --device cuda"),
         ({"precision": "int8"}, "--precision 'int8'"),
         ({"threads": -1}, "--threads -1"),
+        ({"threads": 10**6}, "must be within 0..1024"),
         ({"device": "tpu"}, "--device"),
     ],
 )
