@@ -427,7 +427,7 @@ def run_network(args: argparse.Namespace) -> int:
             "load_average_1min": load,
             "rows": [r.to_dict() for r in rows],
         }
-        atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+        atomic_write_text(args.out, json.dumps(report, indent=2, allow_nan=False) + "\n")
         atomic_write_text(args.out.with_suffix(".txt"), header + "\n" + table + "\n")
         log.info("results in %s", args.out)
     return EXIT_OK

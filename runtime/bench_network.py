@@ -49,7 +49,11 @@ class Row:
     skipped: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """JSON-ready: an infinite PSNR (identical images) becomes "inf", as in daefr-report."""
+        out = asdict(self)
+        if out["psnr_db"] is not None and math.isinf(out["psnr_db"]):
+            out["psnr_db"] = "inf"
+        return out
 
 
 def default_plans(device: str, compile_torch: bool) -> list[PrecisionPlan]:
