@@ -111,15 +111,22 @@ def psnr_db(got: torch.Tensor, want: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
-def _time(restore: Callable[[torch.Tensor], tuple], batch: torch.Tensor, iters: int) -> list[float]:
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        restored, _ = restore(batch)
-        if restored.is_cuda:
-            torch.cuda.synchronize(restored.device)
-        times.append(time.perf_counter() - t0)
-    return times
+def _timed_call(restorer, batch: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    t0 = time.perf_counter()
+    restored, code_idx = restorer.restore(batch)
+    if restored.is_cuda:
+        torch.cuda.synchronize(restored.device)
+    return time.perf_counter() - t0, restored, code_idx
+
+
+def _why_not(plan: PrecisionPlan, sources: Sources) -> str | None:
+    why = None if plan.backend == "torch" else unavailable(plan.backend, plan, sources)
+    if why is None:
+        try:
+            plan.check_backend(plan.backend)
+        except PlanError as err:
+            why = str(err)
+    return why
 
 
 def measure(
@@ -131,71 +138,83 @@ def measure(
     images: Callable[[int], torch.Tensor],
 ) -> list[Row]:
     """One row per (plan, batch); the first plan is the reference every row is compared with.
-    ``pct_of_peak`` is left for ``with_peak_share``."""
-    reference: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
-    rows: list[Row] = []
+    ``pct_of_peak`` is left for ``with_peak_share``.
+
+    Every restorer is built and warmed up first; then the timed calls go round the variants
+    (variant 1, 2, ..., 1, 2, ...) so a change in the machine's load during the run (other
+    jobs share these cores) slows every variant alike instead of whichever ran at that moment.
+    """
     sources = Sources(weights=True)
     exported: dict[bool, Path] = {}
-    for plan in plans:
-        why = None if plan.backend == "torch" else unavailable(plan.backend, plan, sources)
-        if why is None:
-            try:
-                plan.check_backend(plan.backend)
-            except PlanError as err:
-                why = str(err)
-        if why is not None:
-            rows += [Row(plan.backend, plan.precision, plan.label(), b, skipped=why) for b in batches]
-            log.info("%s: skipped (%s)", plan.label(), why)
-            continue
-        t0 = time.perf_counter()
-        try:
-            onnx = None
-            if plan.backend in ("ort", "openvino"):  # one export per graph precision, shared by the rows
-                fp16 = plan.backend == "ort" and plan.precision == "fp16"
-                if fp16 not in exported:
-                    exported[fp16] = export_onnx(model, workdir / f"daefr{'.fp16' if fp16 else ''}.onnx", fp16=fp16)
-                onnx = exported[fp16]
-            restorer = create_restorer(plan, model=copy.deepcopy(model), onnx=onnx, workdir=workdir)
-        except (BackendUnavailable, BackendError, PlanError) as err:
-            rows += [Row(plan.backend, plan.precision, plan.label(), b, skipped=str(err)) for b in batches]
-            continue
-        build_s = time.perf_counter() - t0
-        try:
-            for b in batches:
-                rows.append(_measure_one(restorer, plan, b, iters, images(b), reference, build_s))
-                build_s = 0.0
-        finally:
+    built: list[tuple[PrecisionPlan, object, float]] = []
+    skipped: dict[str, str] = {}
+    try:
+        for plan in plans:
+            why = _why_not(plan, sources)
+            t0 = time.perf_counter()
+            if why is None:
+                try:
+                    onnx = None
+                    if plan.backend in ("ort", "openvino"):  # one export per graph precision, shared
+                        fp16 = plan.backend == "ort" and plan.precision == "fp16"
+                        if fp16 not in exported:
+                            path = workdir / f"daefr{'.fp16' if fp16 else ''}.onnx"
+                            exported[fp16] = export_onnx(model, path, fp16=fp16)
+                        onnx = exported[fp16]
+                    restorer = create_restorer(plan, model=copy.deepcopy(model), onnx=onnx, workdir=workdir)
+                    built.append((plan, restorer, time.perf_counter() - t0))
+                except (BackendUnavailable, BackendError, PlanError) as err:
+                    why = str(err)
+            if why is not None:
+                skipped[plan.label()] = why
+                log.info("%s: skipped (%s)", plan.label(), why)
+        rows: dict[tuple[str, int], Row] = {}
+        for b in batches:
+            rows.update(_measure_batch(built, b, iters, images(b)))
+    finally:
+        for _, restorer, _ in built:
             restorer.close()
+    return [
+        Row(p.backend, p.precision, p.label(), b, skipped=skipped[p.label()]) if p.label() in skipped
+        else rows[(p.label(), b)]
+        for p in plans for b in batches
+    ]  # fmt: skip
+
+
+def _measure_batch(built, b: int, iters: int, batch: torch.Tensor) -> dict[tuple[str, int], Row]:  # noqa: ANN001
+    first = {}
+    for plan, restorer, build_s in built:  # warm-up: compile / capture / autotune for this size
+        seconds, restored, code_idx = _timed_call(restorer, batch)
+        first[plan.label()] = (build_s + seconds, restored.cpu(), code_idx.cpu())
+    times: dict[str, list[float]] = {plan.label(): [] for plan, _, _ in built}
+    for _ in range(iters):
+        for plan, restorer, _ in built:
+            times[plan.label()].append(_timed_call(restorer, batch)[0])
+    ref_plan = built[0][0]
+    _, ref_restored, ref_codes = first[ref_plan.label()]
+    ref_speed = b * iters / sum(times[ref_plan.label()])
+    rows = {}
+    for plan, _, _ in built:
+        setup, restored, code_idx = first[plan.label()]
+        faces_per_s = b * iters / sum(times[plan.label()])
+        agreement = (code_idx == ref_codes).double().mean().item()
+        psnr = psnr_db(restored, ref_restored)
+        bar = quality_bar(plan.precision)
+        # ORT's CPU fp16 kernels compute in fp32 (no fp16 matmul peak on these CPUs).
+        peak_dtype = "fp32" if plan.precision == "fp16" and plan.device_type == "cpu" else plan.precision
+        ms = np.asarray(times[plan.label()]) * 1e3
+        rows[(plan.label(), b)] = Row(
+            plan.backend, plan.precision, plan.label(), b,
+            faces_per_s=faces_per_s, ms_p50=float(np.percentile(ms, 50)), ms_p95=float(np.percentile(ms, 95)),
+            ratio_vs_eager=faces_per_s / ref_speed, code_agreement=agreement, psnr_db=psnr,
+            meets_quality_bar=agreement >= bar.code_agreement and psnr >= bar.psnr_db,
+            peak_dtype=peak_dtype, setup_s=setup,
+        )  # fmt: skip
+        log.info(
+            "%s batch %d: %.3f faces/s (x%.2f), codes %.2f %%, PSNR %.1f dB",
+            plan.label(), b, faces_per_s, faces_per_s / ref_speed, 100 * agreement, psnr,
+        )  # fmt: skip
     return rows
-
-
-def _measure_one(restorer, plan, b, iters, batch, reference, build_s) -> Row:  # noqa: ANN001
-    t0 = time.perf_counter()
-    restored, code_idx = restorer.restore(batch)  # warm-up: compile / capture / autotune for this size
-    setup = build_s + time.perf_counter() - t0
-    times = _time(restorer.restore, batch, iters)
-    faces_per_s = b * iters / sum(times)
-    if b not in reference:
-        reference[b] = (restored.cpu(), code_idx.cpu(), faces_per_s)
-    ref_restored, ref_codes, ref_speed = reference[b]
-    agreement = (code_idx.cpu() == ref_codes).double().mean().item()
-    psnr = psnr_db(restored.cpu(), ref_restored)
-    bar = quality_bar(plan.precision)
-    # ORT's CPU fp16 kernels compute in fp32 (no fp16 matmul peak on these CPUs).
-    peak_dtype = "fp32" if plan.precision == "fp16" and plan.device_type == "cpu" else plan.precision
-    ms = np.asarray(times) * 1e3 / 1.0
-    row = Row(
-        plan.backend, plan.precision, plan.label(), b,
-        faces_per_s=faces_per_s, ms_p50=float(np.percentile(ms, 50)), ms_p95=float(np.percentile(ms, 95)),
-        ratio_vs_eager=faces_per_s / ref_speed, code_agreement=agreement, psnr_db=psnr,
-        meets_quality_bar=agreement >= bar.code_agreement and psnr >= bar.psnr_db,
-        peak_dtype=peak_dtype, setup_s=setup,
-    )  # fmt: skip
-    log.info(
-        "%s batch %d: %.3f faces/s (x%.2f), codes %.2f %%, PSNR %.1f dB",
-        plan.label(), b, faces_per_s, row.ratio_vs_eager, 100 * agreement, psnr,
-    )  # fmt: skip
-    return row
 
 
 def with_peak_share(rows: Sequence[Row], macs: float, peaks: dict[str, float]) -> list[Row]:
