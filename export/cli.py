@@ -267,12 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
-            format="%(asctime)s %(message)s",
-            datefmt="%H:%M:%S",
-            force=True,
-        )
+        level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+        logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+        # The package logger too: another CLI run in this process may have left it at INFO.
+        logging.getLogger("daefr").setLevel(level)
         graphs = _validate(args)
         # Tracing runs the daefr:: ops once on the CPU model: their CPU implementations (the
         # PyTorch references, daefr.kernels) serve it without Triton's interpreter.
