@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -49,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=Path("out/export"), help="where the artifacts go")
     p.add_argument("--only", default=",".join(GRAPHS), help="comma-separated graphs to export")
     p.add_argument(
-        "--fp16", action="store_true", help="also write FP16 ONNX (FP32 islands) and build FP16 engines"
-    )
+        "--precision", choices=("fp32", "fp16", "bf16"), default=None,
+        help="engines to build: fp32, or fp16 (also writes the FP16 ONNX with FP32 islands); bf16 is refused",
+    )  # fmt: skip
+    p.add_argument("--fp16", action="store_true", help="alias of --precision fp16")
     p.add_argument(
         "--plugins", action="store_true", help="also write ONNX with our Triton kernels as TensorRT plugins"
     )
@@ -71,6 +72,14 @@ def _validate(args: argparse.Namespace) -> list[str]:
     from daefr.export.graphs import GRAPHS
     from daefr.export.onnx_export import check_opset
 
+    if args.fp16 and args.precision not in (None, "fp16"):
+        raise UsageError(f"--fp16 and --precision {args.precision} disagree; pass one of them")
+    if args.precision == "bf16":
+        raise UsageError(
+            "--precision bf16: no backend runs a bf16 export (TensorRT and ONNX Runtime take fp32 or fp16 graphs; "
+            "OpenVINO's bf16 is an inference precision of the fp32 ONNX); use fp32 or fp16"
+        )
+    args.fp16 = args.fp16 or args.precision == "fp16"
     graphs = [g.strip() for g in args.only.split(",") if g.strip()]
     unknown = [g for g in graphs if g not in GRAPHS]
     if not graphs or unknown:
@@ -182,19 +191,19 @@ def run(args: argparse.Namespace, graphs: list[str]) -> int:
         except RuntimeError as err:
             print(f"{PROG}: engine build failed: {err}", file=sys.stderr)
             failed.append("engines")
-    path = write_manifest(
-        out,
-        build_manifest(
-            model,
-            preset=args.preset,
-            weights=weights,
-            opset=args.opset,
-            exporter="dynamo" if args.dynamo else "torchscript",
-            artifacts=artifacts,
-            engines=engines,
-            engines_not_built=reason,
-        ),
+    manifest = build_manifest(
+        model,
+        preset=args.preset,
+        weights=weights,
+        opset=args.opset,
+        exporter="dynamo" if args.dynamo else "torchscript",
+        artifacts=artifacts,
+        engines=engines,
+        engines_not_built=reason,
     )
+    # The plan the engines were built for: what `--backend trt --precision P [--plugins]` selects.
+    manifest["plan"] = {"precision": "fp16" if args.fp16 else "fp32", "plugins": args.plugins}
+    path = write_manifest(out, manifest)
     log.info("wrote %s; %d ONNX files in %.1f s", path, len(artifacts), time.perf_counter() - start)
     if failed:
         print(f"{PROG}: parity or build FAILED for {', '.join(failed)} (details in {path})", file=sys.stderr)
@@ -279,17 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
-            format="%(asctime)s %(message)s",
-            datefmt="%H:%M:%S",
-            force=True,
-        )
+        level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+        logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+        # The package logger too: another CLI run in this process may have left it at INFO.
+        logging.getLogger("daefr").setLevel(level)
         graphs = _validate(args)
-        if args.plugins:
-            # Tracing runs the Triton kernels once on the CPU model: the interpreter must be
-            # on before daefr.kernels is imported (CUDA tensors are not involved in export).
-            os.environ.setdefault("TRITON_INTERPRET", "1")
+        # Tracing runs the daefr:: ops once on the CPU model: their CPU implementations (the
+        # PyTorch references, daefr.kernels) serve it without Triton's interpreter.
         return run(args, graphs)
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

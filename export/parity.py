@@ -21,6 +21,7 @@ import torch
 
 from daefr.export.graphs import CODE_IDX_DTYPE, check_graph_name
 from daefr.model import DAEFR
+from daefr.precision import quality_bar
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,9 @@ FP16_RTOL = 1e-2
 # systematically wrong head fails it.
 FP16_LOGIT_TIE = 5e-2
 # ... and few codes may flip at all (measured agreement: 99.2 % tiny end to end, where fp16
-# encoder error moves the logits; 99.9 % for the transformer graph; 100 % official e2e).
-FP16_MIN_CODE_AGREEMENT = 0.97
+# encoder error moves the logits; 99.9 % for the transformer graph; 100 % official e2e):
+# the fp16 row of the one table of quality bars.
+FP16_MIN_CODE_AGREEMENT = quality_bar("fp16").code_agreement
 
 STAGE_NAMES = ("lq_image", "lq_feat", "hq_feat", "fused_feat", "logits", "code_idx", "restored")
 

@@ -1,16 +1,9 @@
 """The FP16 precision policy, defined once, and the FP32 -> FP16 ONNX rewrite that applies it.
 
 TensorRT 11 builds strongly typed networks only, so the FP16 engine's precision is whatever
-the ONNX says: this module is where the FP16 graph and its FP32 islands are decided. The
-same ``POLICY`` names what the runtime's eager fp16 path keeps in fp32.
-
-Why these islands (shared/notes/deployment.md, "FP16 is where every existing port fails"):
-- normalisation statistics: GroupNorm is exported as InstanceNormalization on reshaped
-  activations; its variance squares 512x512 activations and overflows fp16. LayerNorm after
-  attention has the same problem in the transformer's residual stream.
-- softmax: exp of fp16 attention scores overflows / underflows.
-- the code head (LayerNorm + logits + ArgMax): a code index flips when two logits are within
-  fp16 rounding of each other, and a flipped code changes a whole 32x32 patch of the face.
+the ONNX says: this module is where the FP16 graph is written. The islands are
+``daefr.precision.POLICY`` (the reasons are there), the same value the eager torch backend
+reads for fp16 and bf16.
 
 I/O stays float32 (``lq_image``/``restored``/features; ``code_idx`` is int32 anyway), so the
 FP16 graph is a drop-in replacement for the FP32 one.
@@ -18,48 +11,19 @@ FP16 graph is a drop-in replacement for the FP32 one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from daefr.precision import POLICY, PrecisionPolicy
+
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 
 
-@dataclass(frozen=True)
-class PrecisionPolicy:
-    """Which ONNX nodes compute in float32 in an otherwise float16 graph.
+def keeps_fp32(node: onnx.NodeProto, policy: PrecisionPolicy = POLICY) -> bool:
+    """Whether ``policy`` keeps this ONNX node in float32 (by op type or module scope)."""
+    return policy.keeps_fp32_node(node.op_type, node_scope(node))
 
-    ``fp32_op_types``: every node of these types. ``fp32_scopes``: every node whose module
-    scope (TorchScript node name, or the dynamo exporter's ``name_scopes`` metadata)
-    contains one of these substrings.
-    """
-
-    fp32_op_types: frozenset[str]
-    fp32_scopes: tuple[str, ...]
-
-    def keeps_fp32(self, node: onnx.NodeProto) -> bool:
-        if node.op_type in self.fp32_op_types:
-            return True
-        scope = node_scope(node)
-        return any(s in scope for s in self.fp32_scopes)
-
-
-POLICY = PrecisionPolicy(
-    fp32_op_types=frozenset(
-        # code_head: the fused code-head plugin (plugins.py) takes fp32 inputs.
-        {
-            "InstanceNormalization",
-            "GroupNormalization",
-            "LayerNormalization",
-            "Softmax",
-            "ArgMax",
-            "code_head",
-        }
-    ),
-    fp32_scopes=("idx_pred_layer",),  # the code head: LayerNorm + logits MatMul
-)
 
 # Inputs that ONNX requires to be float32 whatever the data type (Resize's ``scales``).
 ALWAYS_FP32_INPUTS: dict[str, frozenset[int]] = {"Resize": frozenset({2})}
@@ -139,7 +103,7 @@ def convert_to_fp16(model: onnx.ModelProto, policy: PrecisionPolicy = POLICY) ->
     for original in graph.node:
         node = onnx.NodeProto()
         node.CopyFrom(original)  # the graph's own node list is replaced below
-        want = FLOAT if policy.keeps_fp32(node) else HALF
+        want = FLOAT if keeps_fp32(node, policy) else HALF
         fixed = ALWAYS_FP32_INPUTS.get(node.op_type, frozenset())
         for i, name in enumerate(node.input):
             if not name or types.get(name) != FLOAT or node.op_type in SHAPE_ONLY_OPS:
@@ -191,6 +155,6 @@ def fp32_node_count(model: onnx.ModelProto, policy: PrecisionPolicy = POLICY) ->
     """{op_type: count} of the nodes ``policy`` keeps in float32 (for the manifest)."""
     counts: dict[str, int] = {}
     for node in model.graph.node:
-        if node.op_type != "Cast" and policy.keeps_fp32(node):
+        if node.op_type != "Cast" and keeps_fp32(node, policy):
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts

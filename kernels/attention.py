@@ -25,6 +25,7 @@ from ._launch import (
     check_dtypes,
     check_rank,
     dot_precision,
+    interpreting,
     next_power_of_2,
     run_plan,
     upcast,
@@ -215,6 +216,17 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     _check(q, k, v)
     return q.new_empty(q.shape)
+
+
+@fused_attention.register_kernel("cpu")
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """CPU tensors: the Triton kernel under ``TRITON_INTERPRET=1`` (its tests), else the
+    reference with the kernel's fp32 softmax and accumulation, so tracing and export of an
+    ``impl="triton"`` model need no process-wide interpreter switch."""
+    _check(q, k, v)
+    if interpreting():
+        return run_plan(plan_fused_attention(q, k, v))
+    return attention_ref(q.float(), k.float(), v.float()).to(q.dtype).contiguous()
 
 
 def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from ._launch import (
     check_dtypes,
     check_rank,
     dot_precision,
+    interpreting,
     run_plan,
     upcast,
 )
@@ -221,6 +222,20 @@ def _(x, ln_weight, ln_bias, eps, proj_weight, codebook, return_logits):
     k, d = codebook.shape
     idx = x.new_empty(m, dtype=torch.int64)
     return idx, codebook.new_empty(m, d), x.new_empty(m, k if return_logits else 0)
+
+
+@code_head.register_kernel("cpu")
+def _(x, ln_weight, ln_bias, eps, proj_weight, codebook, return_logits):
+    """CPU tensors: the Triton kernel under ``TRITON_INTERPRET=1`` (its tests), else the
+    reference with the kernel's fp32 LayerNorm and logits, so tracing and export of an
+    ``impl="triton"`` model need no process-wide interpreter switch."""
+    _check(x, ln_weight, ln_bias, proj_weight, codebook)
+    if interpreting():
+        return run_plan(plan_code_head(x, ln_weight, ln_bias, eps, proj_weight, codebook, return_logits))
+    f32 = (t.float() for t in (x, ln_weight, ln_bias))
+    idx, _, logits = code_head_ref(*f32, eps, proj_weight.float(), codebook)
+    logits = logits.to(x.dtype) if return_logits else x.new_empty(x.shape[0], 0)
+    return idx, codebook[idx].contiguous(), logits
 
 
 def code_head_ref(

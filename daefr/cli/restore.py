@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,9 +24,13 @@ from daefr.cli.common import (
     int_range,
     setup_logging,
 )
+from daefr.cli.plan_flags import add_plan_flags, plan_from_args, sources_from_args
 from daefr.image_io import ImageReadError, list_images, read_image, rgb_to_tensor, tensor_to_rgb, write_rgb
 from daefr.outputs import OutputError, check_output_dir, plan_outputs
-from daefr.runtime.backends.base import NonFiniteOutput, check_finite_output
+from daefr.runtime.auto import check_sources
+from daefr.runtime.backends import BackendError, BackendUnavailable, PlanError, Restorer
+from daefr.runtime.backends.base import NonFiniteOutput
+from daefr.runtime.restorers import open_restorer
 
 log = logging.getLogger("daefr.restore")
 
@@ -37,7 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("inputs", nargs="+", type=Path, help="image files or folders of images")
     parser.add_argument("-o", "--out-dir", type=Path, required=True, help="where restored PNGs go")
-    add_model_flags(parser)
+    add_model_flags(parser, weights_required=False)
+    add_plan_flags(parser)
     parser.add_argument("--batch-size", type=int_range(1), default=4, help="faces per forward pass")
     parser.add_argument(
         "--unaligned",
@@ -51,13 +58,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="--unaligned: detect on photos downscaled to this side (raise it for small faces in big photos)",
     )
     add_logging_flags(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.plan = plan_from_args(args)
+        args.sources = sources_from_args(args)
+        if args.plan.backend != "auto":
+            check_sources(args.plan, args.sources)
+    except PlanError as err:
+        parser.error(str(err))
+    return args
 
 
-def restore_files(model: torch.nn.Module, outputs: dict[Path, Path], batch_size: int) -> list[str]:
+def restore_files(restorer: Restorer, outputs: dict[Path, Path], batch_size: int) -> list[str]:
     """Restore every readable file (input -> output path); returns one message per file that failed."""
-    resolution = model.config.vqgan.resolution
-    device = next(model.parameters()).device
+    resolution = restorer.resolution
     failures: list[str] = []
     paths = list(outputs)
     progress = tqdm(total=len(paths), unit="face", desc="restoring", disable=None)
@@ -72,10 +86,8 @@ def restore_files(model: torch.nn.Module, outputs: dict[Path, Path], batch_size:
                 failures.append(str(err))
                 log.error("skipped %s", err)
         if images:
-            with torch.inference_mode():
-                result = model(torch.stack(images).to(device))
-            check_finite_output(result.restored, f"the model on {names[0]} (batch of {len(names)})")
-            for path, restored in zip(names, result.restored, strict=True):
+            restored_batch, _ = restorer.restore(torch.stack(images))  # NaN/Inf refused there
+            for path, restored in zip(names, restored_batch.cpu(), strict=True):
                 write_rgb(outputs[path], tensor_to_rgb(restored))
         progress.update(len(chunk))
     progress.close()
@@ -83,15 +95,13 @@ def restore_files(model: torch.nn.Module, outputs: dict[Path, Path], batch_size:
 
 
 def restore_photos(
-    model: torch.nn.Module, outputs: dict[Path, Path], batch_size: int, det_max_side: int
+    restorer: Restorer, outputs: dict[Path, Path], batch_size: int, det_max_side: int
 ) -> list[str]:
     """Whole photos: every detected face restored and pasted back; one message per failure."""
-    from daefr.runtime.backends import create_restorer
     from daefr.runtime.face.detector import RetinaFaceDetector
     from daefr.runtime.photo import restore_photo
 
     detector = RetinaFaceDetector(max_side=det_max_side)
-    restorer = create_restorer("torch", model=model, device=next(model.parameters()).device)
     failures: list[str] = []
     for path in tqdm(list(outputs), unit="photo", desc="restoring", disable=None):
         try:
@@ -118,21 +128,29 @@ def main(argv: list[str] | None = None) -> int:
     try:  # where every output goes is settled before the model is built
         check_output_dir(args.out_dir, [p for p in args.inputs if p.is_dir()])
         outputs = plan_outputs(paths, args.out_dir)
-        model = build_model(args)
-    except (CheckpointError, UsageError, OutputError) as err:
+        with tempfile.TemporaryDirectory(prefix="daefr-restore-") as workdir:
+            # Aligned inputs are one face each; photos hold at least one.
+            sources = replace(args.sources, expected_faces=len(paths))
+            restorer, _ = open_restorer(args.plan, sources, lambda: build_model(args), Path(workdir))
+    except (CheckpointError, UsageError, OutputError, PlanError, BackendUnavailable) as err:
         print(f"daefr-restore: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BackendError as err:
+        print(f"daefr-restore: {err}", file=sys.stderr)
+        return EXIT_FAILED
     try:
         if args.unaligned:
-            failures = restore_photos(model, outputs, args.batch_size, args.det_max_side)
+            failures = restore_photos(restorer, outputs, args.batch_size, args.det_max_side)
         else:
-            failures = restore_files(model, outputs, args.batch_size)
+            failures = restore_files(restorer, outputs, args.batch_size)
     except NonFiniteOutput as err:
         print(f"daefr-restore: {err}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as err:  # disk full or the folder removed mid-run: nothing half-written
         print(f"daefr-restore: writing failed: {err}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        restorer.close()
     done = len(paths) - len(failures)
     log.info("restored %d of %d images into %s", done, len(paths), args.out_dir)
     if failures:

@@ -48,6 +48,7 @@ class OrtRestorer(RestorerBase):
         device: str | torch.device = "cpu",
         providers: Sequence[str] | None = None,
         threads: int = 0,
+        precision: str = "fp32",
     ) -> None:
         try:
             import onnxruntime as ort
@@ -59,6 +60,8 @@ class OrtRestorer(RestorerBase):
                 f"ort backend: {self.onnx_path}: no such ONNX file (export one with daefr-export)"
             )
         _verify_onnx(self.onnx_path)
+        check_onnx_precision(self.name, self.onnx_path, precision)
+        self.precision = precision
         device = torch.device(device)
         providers = tuple(providers or default_providers(device))
         if any(p in GPU_PROVIDERS for p in providers):
@@ -163,6 +166,33 @@ def _verify_onnx(path: Path) -> None:
         verify_against_manifest(path)
     except ManifestError as err:
         raise BackendError(str(err)) from None
+
+
+def onnx_precision(path: Path) -> str:
+    """"fp16" if the ONNX graph holds float16 weights (daefr-export's FP16 variant, float32
+    I/O), else "fp32". Reads the graph without its external weight data."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    half = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    return "fp16" if half else "fp32"
+
+
+def check_onnx_precision(backend: str, path: Path, precision: str) -> None:
+    """PlanError unless the graph at ``path`` computes in ``precision`` (fp16 graphs for
+    fp16; fp32 graphs for fp32 and for an inference precision such as OpenVINO's bf16)."""
+    from daefr.runtime.plan import PlanError
+
+    want = "fp16" if precision == "fp16" else "fp32"
+    try:
+        found = onnx_precision(path)
+    except Exception as err:  # noqa: BLE001 (onnx raises DecodeError and friends for non-ONNX files)
+        raise BackendError(f"{path}: not a readable ONNX file ({type(err).__name__}: {err})") from None
+    if found != want:
+        raise PlanError(
+            f"{backend} backend: {path} is an {found} graph but --precision {precision} needs an {want} one; "
+            f"export it with daefr-export{' --precision fp16' if want == 'fp16' else ''} or drop --onnx"
+        )
 
 
 def _np_dtype(dtype: torch.dtype) -> type:

@@ -36,11 +36,12 @@ def select_engine(
     *,
     trt_version: str,
     compute_capability: str,
-    fp16: bool = False,
+    precision: str = "fp32",
     plugins: bool = False,
     graph: str = GRAPH,
 ) -> dict:
-    """The manifest entry of the ``graph`` engine (``fp16``, ``plugins``) that can run here.
+    """The manifest entry of the ``graph`` engine in ``precision`` ("fp32" | "fp16"; entries
+    carry ``fp16: bool``) with or without ``plugins`` that can run here.
 
     Entries come from ``daefr.export.trt_build.EngineResult.manifest_entry``. An engine built
     for another TensorRT version or GPU architecture, or whose file no longer matches its
@@ -50,11 +51,20 @@ def select_engine(
     rebuild = f"rebuild the engines with daefr-export into {engine_dir}"
     if manifest.get("format") != FORMAT:
         raise BackendError(f"{where}: format {manifest.get('format')!r}, expected {FORMAT!r}; {rebuild}")
-    wanted = f"{graph} engine (fp16={fp16}, plugins={plugins})"
+    wanted = f"{graph} {precision} engine (plugins={plugins})"
+    fp16 = precision == "fp16"
     candidates = [
         e for e in manifest.get("engines", [])
         if e.get("graph") == graph and bool(e.get("fp16")) == fp16 and bool(e.get("plugins")) == plugins
     ]  # fmt: skip
+    if not candidates:
+        built = sorted({("fp16" if e.get("fp16") else "fp32") + (" + plugins" if e.get("plugins") else "")
+                        for e in manifest.get("engines", []) if e.get("graph") == graph})  # fmt: skip
+        if built:
+            raise BackendError(
+                f"{where}: lists no {wanted}, only {', '.join(built)}; pass the matching --precision/--plugins "
+                f"or {rebuild}{' --precision fp16' if fp16 else ''}{' --plugins' if plugins else ''}"
+            )
     if not candidates:
         why = manifest.get("engines_not_built")
         raise BackendError(
@@ -90,7 +100,7 @@ class TrtRestorer(RestorerBase):
         self,
         engine_dir: str | Path,
         device: str | torch.device = "cuda",
-        fp16: bool = False,
+        precision: str = "fp32",
         plugins: bool = False,
     ) -> None:
         try:
@@ -115,13 +125,14 @@ class TrtRestorer(RestorerBase):
             manifest,
             trt_version=trt.__version__,
             compute_capability=f"{major}.{minor}",
-            fp16=fp16,
+            precision=precision,
             plugins=plugins,
         )
         # No plugin registration here: an AOT plugin's PTX is inside the engine, which "does not
         # require any Python modules or definitions to be present at runtime" (NVIDIA/TensorRT
         # v11.1 samples/python/quickly_deployable_plugins/README.md); registering would only
         # import Triton.
+        self.precision, self.plugins = precision, plugins
         self._trt = trt
         self._device = device
         self.stream = torch.cuda.Stream(device)

@@ -16,14 +16,16 @@ from pathlib import Path
 import torch
 
 from daefr.model import DAEFR
+from daefr.precision import quality_bar
 from daefr.runtime.report.faces import ReportFace, report_faces, to_batch
 from daefr.runtime.report.measure import Measurement, measure, stage_inputs
 from daefr.runtime.report.variants import Variant, eager_variants, ort_variants, trt_variants
 
 log = logging.getLogger(__name__)
 
-CODE_AGREEMENT_BAR = 0.995
-PSNR_BAR_DB = 40.0
+# The report's bars are the fp16 row of the one table (daefr.precision.QUALITY_BARS).
+CODE_AGREEMENT_BAR = quality_bar("fp16").code_agreement
+PSNR_BAR_DB = quality_bar("fp16").psnr_db
 REFERENCE = "eager fp32"
 
 
@@ -34,6 +36,7 @@ class ReportConfig:
     repeats: int = 10
     seed: int = 0
     engine_dirs: dict[str, Path | None] = field(default_factory=dict)
+    precision: str | None = None  # only eager fp32 (the reference) and this precision's variants
 
     def __post_init__(self) -> None:
         if self.faces < 1:
@@ -109,13 +112,15 @@ def git_revision() -> str | None:
 
 
 def quality_verdict(variant: Variant, measurement: Measurement) -> dict[str, object] | None:
-    """The fp16 quality bars (code agreement >= 99.5 %, PSNR >= 40 dB vs eager fp32)."""
-    if "fp16" not in variant.precision:
+    """The reduced-precision quality bars of ``daefr.precision.QUALITY_BARS`` (code agreement
+    and PSNR vs eager fp32) for the variant's precision; None for fp32 variants."""
+    precision = variant.precision.split("+")[0]
+    if precision == "fp32":
         return None
-    acc = measurement.accuracy
+    acc, bar = measurement.accuracy, quality_bar(precision)
     return {
-        "code_agreement_pass": acc.code_agreement >= CODE_AGREEMENT_BAR,
-        "psnr_pass": acc.psnr_db >= PSNR_BAR_DB,
+        "code_agreement_pass": acc.code_agreement >= bar.code_agreement,
+        "psnr_pass": acc.psnr_db >= bar.psnr_db,
     }
 
 
@@ -137,6 +142,8 @@ def collect(
             *trt_variants(device, cfg.engine_dirs),
         ]
         reference = variants[0]
+        if cfg.precision is not None:
+            variants = [reference, *[v for v in variants[1:] if v.precision.split("+")[0] == cfg.precision]]
         ref_restored, ref_codes = reference.restorer.restore(batch.to(device))
         ref_restored, ref_codes = ref_restored.float().cpu(), ref_codes.long().cpu()
         stages = stage_inputs(reference.run_graph, batch)

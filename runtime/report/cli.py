@@ -21,7 +21,9 @@ from daefr.cli.common import (
     build_model,
     setup_logging,
 )
+from daefr.cli.plan_flags import add_precision_flags, precision_from_args
 from daefr.outputs import OutputError, check_output_dir
+from daefr.runtime.plan import PlanError
 from daefr.runtime.report.build import ReportConfig, collect
 from daefr.runtime.report.html import render
 
@@ -47,6 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_flags(parser)
+    add_precision_flags(parser)
     parser.add_argument("--out", type=Path, required=True, help="folder for report.json and report.html")
     parser.add_argument("--faces", type=int, default=4, help="degraded faces to compare on")
     parser.add_argument("--batches", type=_batches, default=(1, 4, 8, 16, 32), help="throughput batch sizes")
@@ -62,6 +65,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.faces < 1 or args.repeats < 1:
         parser.error("--faces and --repeats must be >= 1")
+    try:
+        precision_from_args(args)
+    except PlanError as err:
+        parser.error(str(err))
     return args
 
 
@@ -85,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         repeats=args.repeats,
         seed=args.seed,
         engine_dirs={"trt fp16": args.engine_dir, "trt fp16 + plugins": args.plugin_engine_dir},
+        precision=precision_from_args(args) if (args.precision or args.fp16) else None,
     )
     data = collect(model, args.preset, weights, next(model.parameters()).device, cfg)
     page = render(data)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from daefr.model import DAEFR
-from daefr.runtime.backends import BackendUnavailable, Restorer, create_restorer
+from daefr.runtime.backends import BackendUnavailable, PlanError, PrecisionPlan, Restorer, create_restorer
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class Variant:
     restorer: Restorer | None = None
     run_graph: GraphRunner | None = None
     skipped: str | None = None
+    plan: PrecisionPlan | None = None  # what the restorer was built from, where one was
     build_seconds: float | None = None  # export / engine build
     artifact_bytes: int | None = None  # ONNX file or engine size
 
@@ -100,7 +101,7 @@ def eager_variants(model: DAEFR, device: torch.device) -> list[Variant]:
             "torch",
             "fp32",
             str(device),
-            restorer=create_restorer("torch", model=copy.deepcopy(model), device=device),
+            restorer=create_restorer(PrecisionPlan("torch", device=str(device)), model=copy.deepcopy(model)),
             run_graph=torch_graph_runner(model, device, torch.float32),
         )
     ]
@@ -119,7 +120,8 @@ def eager_variants(model: DAEFR, device: torch.device) -> list[Variant]:
                 clone = _with_impl(clone, "triton")
             dtype = torch.float16 if fp16 else torch.float32
             try:
-                variant.restorer = create_restorer("torch", model=clone, device=device, fp16=fp16)
+                plan = PrecisionPlan("torch", precision, device=str(device))
+                variant.restorer = create_restorer(plan, model=clone)
                 variant.run_graph = torch_graph_runner(clone, device, dtype)
             except (BackendUnavailable, RuntimeError, ImportError) as err:
                 variant.skipped = str(err).splitlines()[0]
@@ -166,7 +168,8 @@ def ort_variants(model: DAEFR, device: torch.device, work_dir: Path) -> list[Var
         variant.build_seconds = time.perf_counter() - start
         variant.artifact_bytes = paths["daefr"].stat().st_size
         try:
-            variant.restorer = create_restorer("ort", onnx=paths["daefr"], device=device)
+            plan = PrecisionPlan("ort", precision, device=str(device))
+            variant.restorer = create_restorer(plan, onnx=paths["daefr"])
             variant.run_graph = ort_graph_runner(paths, [provider])
         except BackendUnavailable as err:
             variant.skipped = str(err)
@@ -179,8 +182,8 @@ def trt_variants(device: torch.device, engine_dirs: dict[str, Path | None]) -> l
     ``engine_dirs``: {"trt fp16": dir or None, "trt fp16 + plugins": dir or None}.
     """
     variants = []
-    for name, precision in (("trt fp16", "fp16"), ("trt fp16 + plugins", "fp16+plugins")):
-        variant = Variant(name, "trt", precision, str(device))
+    for name, plugins in (("trt fp16", False), ("trt fp16 + plugins", True)):
+        variant = Variant(name, "trt", "fp16+plugins" if plugins else "fp16", str(device))
         variants.append(variant)
         engine_dir = engine_dirs.get(name)
         if engine_dir is None:
@@ -189,7 +192,9 @@ def trt_variants(device: torch.device, engine_dirs: dict[str, Path | None]) -> l
             )
             continue
         try:
-            variant.restorer = create_restorer("trt", engine_dir=engine_dir, device=device)
-        except BackendUnavailable as err:
+            # The label is what runs: the FP16 engine, with or without our plugins, from the manifest.
+            variant.plan = PrecisionPlan("trt", "fp16", device=str(device), plugins=plugins)
+            variant.restorer = create_restorer(variant.plan, engine_dir=engine_dir)
+        except (BackendUnavailable, PlanError) as err:
             variant.skipped = str(err)
     return variants

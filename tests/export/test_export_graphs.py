@@ -18,7 +18,7 @@ from daefr.export.parity import (
     eager_stages,
     parity_images,
 )
-from daefr.export.precision import POLICY
+from daefr.export.precision import keeps_fp32
 
 
 def _io(model: onnx.ModelProto, values) -> list[tuple[str, str, tuple]]:
@@ -58,7 +58,7 @@ def test_fp16_graph_keeps_policy_islands_and_stays_close(graph, export_model, ex
     types.update({t.name: t.data_type for t in model.graph.initializer})
     half = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
     assert half, "no float16 weights: the FP16 variant is still float32"
-    islands = [n for n in model.graph.node if POLICY.keeps_fp32(n) and n.op_type != "ArgMax"]
+    islands = [n for n in model.graph.node if keeps_fp32(n) and n.op_type != "ArgMax"]
     assert islands
     for node in islands:  # normalisations, softmax, code head compute in float32
         assert all(types[i] == onnx.TensorProto.FLOAT for i in node.input if i), node.name

@@ -96,7 +96,14 @@ def test_launcher_rejects_bad_inputs(z_shape, c_shape, z_dtype, c_dtype, message
         nearest_code(torch.zeros(z_shape, dtype=z_dtype), torch.zeros(c_shape, dtype=c_dtype))
 
 
-def test_cpu_tensors_need_the_interpreter(monkeypatch):
+def test_cpu_tensors_without_the_interpreter_run_the_reference(monkeypatch):
+    """The daefr:: ops' CPU implementation (what tracing and export use without a process-wide
+    TRITON_INTERPRET=1): the PyTorch reference, NaN tokens mapped to index 0 as in the kernel."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(ValueError, match="need CUDA tensors.*TRITON_INTERPRET=1"):
-        nearest_code(torch.zeros(4, 8), torch.zeros(5, 8))
+    g = torch.Generator().manual_seed(0)
+    z, codebook = torch.randn(37, 8, generator=g), torch.randn(19, 8, generator=g)
+    z[5] = float("nan")
+    idx, codes = nearest_code(z, codebook)
+    ref_idx, _ = nearest_code_ref(z, codebook)
+    assert idx[5] == 0 and torch.equal(idx[:5], ref_idx[:5]) and torch.equal(idx[6:], ref_idx[6:])
+    assert torch.equal(codes, codebook[idx])

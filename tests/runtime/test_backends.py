@@ -11,8 +11,9 @@ import torch
 from tolerances import FP16_CODE_AGREEMENT, ORT_FP32_RESTORED_ATOL, TORCH_FP16_RESTORED_ATOL
 
 from daefr.export.manifest import FORMAT, MANIFEST_NAME, sha256_file
-from daefr.runtime.backends import BackendError, BackendUnavailable, Restorer, create_restorer
+from daefr.runtime.backends import BackendError, BackendUnavailable, PlanError, Restorer, create_restorer
 from daefr.runtime.backends.trt_backend import select_engine
+from daefr.runtime.plan import PrecisionPlan as Plan
 
 
 def eager(model, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,7 +23,7 @@ def eager(model, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_torch_backend_is_the_eager_model(tiny_runtime_model, faces_batch):
-    restorer = create_restorer("torch", model=tiny_runtime_model)
+    restorer = create_restorer(Plan("torch"), model=tiny_runtime_model)
     assert isinstance(restorer, Restorer)
     restored, code_idx = restorer.restore(faces_batch)
     ref_restored, ref_idx = eager(tiny_runtime_model, faces_batch)
@@ -31,7 +32,7 @@ def test_torch_backend_is_the_eager_model(tiny_runtime_model, faces_batch):
 
 
 def test_ort_cpu_matches_eager_fp32(tiny_runtime_model, tiny_onnx, faces_batch):
-    with create_restorer("ort", onnx=tiny_onnx) as restorer:
+    with create_restorer(Plan("ort"), onnx=tiny_onnx) as restorer:
         assert isinstance(restorer, Restorer)
         assert restorer.resolution == 64 and restorer.providers == ["CPUExecutionProvider"]
         restored, code_idx = restorer.restore(faces_batch)
@@ -43,7 +44,7 @@ def test_ort_cpu_matches_eager_fp32(tiny_runtime_model, tiny_onnx, faces_batch):
 
 
 def test_ort_dynamic_batch_is_per_sample(tiny_onnx, faces_batch):
-    with create_restorer("ort", onnx=tiny_onnx) as restorer:
+    with create_restorer(Plan("ort"), onnx=tiny_onnx) as restorer:
         whole = restorer.restore(faces_batch)
         one = restorer.restore(faces_batch[1:2])
     assert torch.equal(whole[1][1:2], one[1])
@@ -52,8 +53,8 @@ def test_ort_dynamic_batch_is_per_sample(tiny_onnx, faces_batch):
 
 def test_restore_rejects_wrong_shapes(tiny_runtime_model, tiny_onnx):
     for restorer in (
-        create_restorer("torch", model=tiny_runtime_model),
-        create_restorer("ort", onnx=tiny_onnx),
+        create_restorer(Plan("torch"), model=tiny_runtime_model),
+        create_restorer(Plan("ort"), onnx=tiny_onnx),
     ):
         with pytest.raises(ValueError, match=r"\(B>=1, 3, 64, 64\)"):
             restorer.restore(torch.zeros(1, 3, 32, 32))
@@ -64,34 +65,36 @@ def test_ort_rejects_a_graph_with_other_names(tmp_path):
     torch.onnx.export(torch.nn.Conv2d(3, 3, 1), (torch.zeros(1, 3, 8, 8),), str(path), dynamo=False,
                       input_names=["x"], output_names=["y"])  # fmt: skip
     with pytest.raises(BackendError, match="not the end-to-end daefr graph"):
-        create_restorer("ort", onnx=path)
+        create_restorer(Plan("ort"), onnx=path)
 
 
 def test_missing_onnx_is_unavailable(tmp_path):
     with pytest.raises(BackendUnavailable, match="no such ONNX file"):
-        create_restorer("ort", onnx=tmp_path / "absent.onnx")
+        create_restorer(Plan("ort"), onnx=tmp_path / "absent.onnx")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_gpu_backends_say_why_they_cannot_run(tiny_runtime_model, tiny_onnx, tmp_path):
     with pytest.raises(BackendUnavailable, match="no CUDA device"):
-        create_restorer("torch", model=tiny_runtime_model, device="cuda")
+        create_restorer(Plan("torch", device="cuda"), model=tiny_runtime_model)
     with pytest.raises(BackendUnavailable, match="CUDA"):
-        create_restorer("ort", onnx=tiny_onnx, device="cuda")
-    with pytest.raises(BackendUnavailable, match="CUDA graphs need a CUDA device"):
-        create_restorer("torch", model=tiny_runtime_model, cuda_graphs=True)
+        create_restorer(Plan("ort", device="cuda"), onnx=tiny_onnx)
+    with pytest.raises(PlanError, match="--cuda-graphs needs --device cuda"):
+        Plan("torch", cuda_graphs=True)
     with pytest.raises(BackendUnavailable, match="(TensorRT is not installed|no CUDA device)") as info:
-        create_restorer("trt", engine_dir=tmp_path, device="cuda")
+        create_restorer(Plan("trt", device="cuda"), engine_dir=tmp_path)
     assert "\n" not in str(info.value)
 
 
 def test_unknown_backend_and_missing_arguments():
-    with pytest.raises(ValueError, match="unknown backend 'tvm'"):
-        create_restorer("tvm")
-    with pytest.raises(ValueError, match="pass model="):
-        create_restorer("torch")
-    with pytest.raises(ValueError, match="pass onnx="):
-        create_restorer("ort")
+    with pytest.raises(PlanError, match="--backend 'tvm'"):
+        Plan("tvm")
+    with pytest.raises(PlanError, match="needs weights"):
+        create_restorer(Plan("torch"))
+    with pytest.raises(PlanError, match="needs --onnx"):
+        create_restorer(Plan("ort"))
+    with pytest.raises(PlanError, match="resolve --backend auto first"):
+        create_restorer(Plan("auto"))
 
 
 # -- TensorRT engine compatibility (pure logic, runs anywhere) --------------------------------
@@ -126,7 +129,7 @@ def test_manifest_accepts_a_matching_engine(engine_dir):
         ),
         ("10.7.0", "8.9", False, False, "this is TensorRT 10.7.0 on 8.9"),
         ("10.7.0", "9.0", False, True, "stale or foreign"),
-        ("10.7.0", "9.0", True, False, r"lists no daefr engine \(fp16=True"),
+        ("10.7.0", "9.0", True, False, r"lists no daefr fp16 engine \(plugins=False\), only fp32"),
     ],
 )
 def test_manifest_refuses_foreign_or_stale_engines(
@@ -136,7 +139,10 @@ def test_manifest_refuses_foreign_or_stale_engines(
     if tamper:
         (path / "daefr.0123.engine").write_bytes(b"another engine")
     with pytest.raises(BackendError, match=message) as info:
-        select_engine(path, manifest, trt_version=trt_version, compute_capability=capability, fp16=fp16)
+        select_engine(
+            path, manifest, trt_version=trt_version, compute_capability=capability,
+            precision="fp16" if fp16 else "fp32",
+        )  # fmt: skip
     assert "rebuild" in str(info.value)
 
 
@@ -151,11 +157,9 @@ def test_manifest_of_another_format_is_refused(engine_dir):
 def test_torch_cuda_graphs_match_eager_on_gpu(tiny_runtime_model, faces_batch):
     """Against eager on the same GPU: cuDNN's TF32 convolutions make CPU fp32 a different
     computation (a few codes flip), which is not what the graphs are tested for."""
-    reference = create_restorer("torch", model=copy.deepcopy(tiny_runtime_model), device="cuda")
+    reference = create_restorer(Plan("torch", device="cuda"), model=copy.deepcopy(tiny_runtime_model))
     ref_restored, ref_idx = reference.restore(faces_batch)
-    restorer = create_restorer(
-        "torch", model=copy.deepcopy(tiny_runtime_model), device="cuda", cuda_graphs=True
-    )
+    restorer = create_restorer(Plan("torch", device="cuda", cuda_graphs=True), model=copy.deepcopy(tiny_runtime_model))
     for _ in range(2):  # capture, then replay
         restored, code_idx = restorer.restore(faces_batch)
     assert torch.equal(code_idx.cpu(), ref_idx.cpu())
@@ -169,7 +173,7 @@ def test_torch_fp16_on_gpu_is_close(tiny_runtime_model, faces_batch):
     fp32 = copy.deepcopy(tiny_runtime_model).cuda()
     _, ref_idx = eager(fp32, faces_batch.cuda())
     model = copy.deepcopy(tiny_runtime_model)
-    restored, code_idx = create_restorer("torch", model=model, device="cuda", fp16=True).restore(faces_batch)
+    restored, code_idx = create_restorer(Plan("torch", "fp16", device="cuda"), model=model).restore(faces_batch)
     assert restored.dtype == torch.float32 and code_idx.dtype == torch.int64
     agreement = (code_idx.cpu() == ref_idx.cpu()).float().mean().item()
     assert agreement >= FP16_CODE_AGREEMENT, agreement
@@ -185,7 +189,7 @@ def test_ort_cuda_io_binding_matches_eager(tiny_runtime_model, tiny_onnx, faces_
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime here is the CPU build (install onnxruntime-gpu for the CUDA provider)")
     ref_restored, ref_idx = eager(tiny_runtime_model, faces_batch)
-    restored, code_idx = create_restorer("ort", onnx=tiny_onnx, device="cuda").restore(faces_batch.cuda())
+    restored, code_idx = create_restorer(Plan("ort", device="cuda"), onnx=tiny_onnx).restore(faces_batch.cuda())
     assert restored.is_cuda and torch.equal(code_idx.cpu(), ref_idx)
     assert (restored.cpu() - ref_restored).abs().max().item() < ORT_FP32_RESTORED_ATOL * 10
 
@@ -202,7 +206,7 @@ def test_trt_engine_matches_eager(tiny_runtime_model, tiny_onnx, tmp_path, faces
     entry = result.manifest_entry(spec, trt.__version__, gpu_identity())
     (tmp_path / MANIFEST_NAME).write_text(json.dumps({"format": FORMAT, "engines": [entry]}))
     ref_restored, ref_idx = eager(tiny_runtime_model, faces_batch)
-    with create_restorer("trt", engine_dir=tmp_path, device="cuda") as restorer:
+    with create_restorer(Plan("trt", device="cuda"), engine_dir=tmp_path) as restorer:
         from_host = restorer.restore(faces_batch)  # through the pinned staging buffer
         from_device = restorer.restore(faces_batch.cuda())
     for restored, code_idx in (from_host, from_device):
@@ -210,3 +214,32 @@ def test_trt_engine_matches_eager(tiny_runtime_model, tiny_onnx, tmp_path, faces
         # TensorRT may use TF32 in an FP32 engine: allow a rare flipped near-tie.
         assert (code_idx.cpu() == ref_idx).float().mean().item() >= 0.99
         assert (restored.cpu() - ref_restored).abs().max().item() < TORCH_FP16_RESTORED_ATOL
+
+
+# -- the ONNX backends share one contract and error behaviour ------------------------------
+ONNX_BACKENDS = ["ort", pytest.param("openvino", marks=pytest.mark.skipif(
+    __import__("importlib").util.find_spec("openvino") is None, reason="openvino is not installed"))]  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ONNX_BACKENDS)
+def test_onnx_backends_refuse_other_graphs_missing_files_and_wrong_shapes(backend, tiny_onnx, tmp_path):
+    path = tmp_path / "other.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 3, 1), (torch.zeros(1, 3, 8, 8),), str(path), dynamo=False,
+                      input_names=["x"], output_names=["y"])  # fmt: skip
+    with pytest.raises(BackendError, match="not the end-to-end daefr graph"):
+        create_restorer(Plan(backend), onnx=path)
+    with pytest.raises(BackendUnavailable, match="no such ONNX file"):
+        create_restorer(Plan(backend), onnx=tmp_path / "absent.onnx")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a protobuf")
+    with pytest.raises(BackendError, match="garbage.onnx"):
+        create_restorer(Plan(backend), onnx=garbage)
+    with create_restorer(Plan(backend), onnx=tiny_onnx) as restorer:
+        assert isinstance(restorer, Restorer) and restorer.resolution == 64
+        with pytest.raises(ValueError, match=r"\(B>=1, 3, 64, 64\)"):
+            restorer.restore(torch.zeros(1, 3, 32, 32))
+
+
+def test_an_onnx_file_of_another_precision_is_refused(tiny_onnx):
+    with pytest.raises(PlanError, match="is an fp32 graph but --precision fp16 needs an fp16 one"):
+        create_restorer(Plan("ort", "fp16"), onnx=tiny_onnx)

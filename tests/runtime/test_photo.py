@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daefr.runtime.backends import create_restorer
+from daefr.runtime.backends import PrecisionPlan, create_restorer
 from daefr.runtime.photo import restore_photo
 
 
 @pytest.fixture(scope="module")
 def ort_restorer(tiny_onnx):
-    with create_restorer("ort", onnx=tiny_onnx) as restorer:
+    with create_restorer(PrecisionPlan("ort"), onnx=tiny_onnx) as restorer:
         yield restorer
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from daefr.runtime.cli_video import main
 from daefr.runtime.clips import synthetic_frames, write_clip
@@ -177,11 +178,15 @@ def test_bad_flags_exit_2(argv):
 
 def test_missing_input_and_unavailable_backend_exit_2(mp4_clip, tmp_path, capsys):
     assert main([str(tmp_path / "absent.mp4"), "-o", str(tmp_path / "o.mp4"), *TINY]) == 2
-    rc = main(
-        [str(mp4_clip), "-o", str(tmp_path / "o.mp4"), "--backend", "trt", "--engine-dir", str(tmp_path)]
-    )
-    assert rc == 2
-    assert "trt backend:" in capsys.readouterr().err
+    argv = [str(mp4_clip), "-o", str(tmp_path / "o.mp4"), "--backend", "trt", "--engine-dir", str(tmp_path)]
+    if torch.cuda.is_available():
+        assert main([*argv, "--device", "cuda"]) == 2
+        assert "trt backend:" in capsys.readouterr().err
+    else:  # refused while parsing: the trt backend cannot honour --device cpu
+        with pytest.raises(SystemExit) as info:
+            main([*argv, "--device", "cpu"])
+        assert info.value.code == 2
+        assert "--backend trt runs on cuda, not --device cpu" in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists()
 
 

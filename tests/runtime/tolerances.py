@@ -1,5 +1,7 @@
 """Tolerances of the runtime tests, with the measurement behind each."""
 
+from daefr.precision import quality_bar
+
 # ORT CPU vs eager fp32, tiny preset, restored in [-1, 1]: measured max |diff| 9.4e-6
 # (torch 2.13, onnxruntime 1.32). 10x headroom; code indices must be equal.
 ORT_FP32_RESTORED_ATOL = 1e-4
@@ -9,9 +11,10 @@ ORT_FP32_RESTORED_ATOL = 1e-4
 # the same codes (one flipped code moves its 4x4 pixels of the tiny preset by up to ~1.3).
 TORCH_FP16_RESTORED_ATOL = 5e-2
 
-# fp16 vs fp32 code agreement on the tiny preset's test faces: the tiny model run in fp16 on
-# the CPU flipped 2 of 768 codes (99.7 %); TF32 convolutions (cuDNN's default) flipped 2 too.
-FP16_CODE_AGREEMENT = 0.98
+# Reduced-precision code agreement: the one table (daefr.precision.QUALITY_BARS). Measured on
+# the tiny preset's test faces: fp16 flipped 2 of 768 codes (99.7 %); TF32 convolutions
+# (cuDNN's default) flipped 2 too.
+FP16_CODE_AGREEMENT = quality_bar("fp16").code_agreement
 
 # Alignment: the similarity fitted to the template itself is exact up to float64 round-off.
 ALIGN_ATOL_PX = 1e-6
