@@ -110,15 +110,19 @@ def test_non_finite_output_is_exit_1_not_a_black_image(tmp_path, tiny_model, cap
 
 def test_every_backend_refuses_non_finite_output(tiny_model, tmp_path):
     from daefr.runtime.backends import create_restorer, export_onnx
+    from daefr.runtime.plan import PrecisionPlan
 
     tiny_model.load_state_dict(_overflowing_state(tiny_model))
     batch = torch.zeros(1, 3, 64, 64)
-    torch_restorer = create_restorer("torch", model=tiny_model)
+    torch_restorer = create_restorer(PrecisionPlan("torch"), model=tiny_model)
     with pytest.raises(NonFiniteOutput, match="torch backend"):
         torch_restorer.restore(batch)
     onnx = export_onnx(tiny_model, tmp_path / "huge.onnx")
     with pytest.raises(NonFiniteOutput, match="ort backend"):
-        create_restorer("ort", onnx=onnx).restore(batch)
+        create_restorer(PrecisionPlan("ort"), onnx=onnx).restore(batch)
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    with pytest.raises(NonFiniteOutput, match="openvino backend"):
+        create_restorer(PrecisionPlan("openvino"), onnx=onnx).restore(batch)
 
     class NewBackend(RestorerBase):  # a backend written later gets the check too
         name = "new"
