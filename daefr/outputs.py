@@ -122,6 +122,8 @@ def plan_outputs(inputs: list[Path], out_dir: Path, suffix: str = ".png") -> dic
                 f"{owner[target]} and {p} would both be written to {target}; "
                 "rename one or restore them in separate runs"
             )
+        if target.is_dir():
+            raise OutputError(f"output {target}: is a folder; move it away or choose another output folder")
         clash = known.match(target, resolved_dir / name)
         if clash is not None:
             raise OutputError(f"output {target}: is the input {clash}; choose another output folder")

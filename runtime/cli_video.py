@@ -28,6 +28,7 @@ from daefr.cli.common import (
     setup_logging,
 )
 from daefr.cli.plan_flags import add_plan_flags, plan_from_args, sources_from_args
+from daefr.image_io import is_regular_file
 from daefr.outputs import OutputError, check_distinct
 from daefr.runtime.auto import check_sources
 from daefr.runtime.backends import BackendError, BackendUnavailable, Restorer
@@ -144,8 +145,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args)
-    if not args.input.exists():
-        print(f"{PROG}: {args.input}: no such file", file=sys.stderr)
+    if not is_regular_file(args.input):
+        what = "not a regular file (a folder, FIFO or device)" if args.input.exists() else "no such file"
+        print(f"{PROG}: {args.input}: {what}", file=sys.stderr)
         return EXIT_USAGE
     try:  # probe first: a corrupt input fails before any model is built
         total = expected_frames(probe(args.input))

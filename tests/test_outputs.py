@@ -29,6 +29,12 @@ def test_plan_names_colliding_stems_apart(tmp_path):
     assert len(set(plan.values())) == 3
 
 
+def test_plan_refuses_an_output_name_taken_by_a_folder(tmp_path):
+    (tmp_path / "out" / "a.png").mkdir(parents=True)
+    with pytest.raises(OutputError, match="is a folder"):
+        plan_outputs([tmp_path / "a.jpg"], tmp_path / "out")
+
+
 def test_plan_refuses_same_name_from_two_folders(tmp_path):
     one, two = tmp_path / "one" / "a.png", tmp_path / "two" / "a.png"
     with pytest.raises(OutputError, match="would both be written to"):

@@ -164,7 +164,7 @@ def test_a_fifo_as_input_does_not_hang(tmp_path, ort, capsys):
 
     fifo = tmp_path / "in.mp4"
     os.mkfifo(fifo)
-    assert main([str(fifo), "-o", str(tmp_path / "o.mp4"), *ort]) == 1
+    assert main([str(fifo), "-o", str(tmp_path / "o.mp4"), *ort]) == 2
     assert "not a regular file" in capsys.readouterr().err
 
 
