@@ -1,11 +1,13 @@
 """``--backend auto``: the fastest backend that can run here at the requested precision.
 
 The rule table is ordered by measured speed on the network alone (``reports/cpu/network_official.txt``:
-official preset, batch 1, AMD EPYC with AVX512-BF16 and no AMX, 2 shared cores). There OpenVINO
-fp32 was 2.16x eager fp32 NCHW, ONNX Runtime 1.65x, eager channels_last 1.08x, all with every
-code equal; OpenVINO bf16 4.44x and eager bf16 1.98x (95-97 % of codes); ORT fp16 1.20x. Issue
-19's Intel Xeon (AMX) ranked OpenVINO first too (1.77x) but channels_last (1.37x) above ONNX
-Runtime (1.10x): the second place differs between CPUs, the first does not.
+official preset, batch 1, AMD EPYC with AVX512-BF16 and no AMX, 2 shared cores, timed calls
+interleaved across variants). There ONNX Runtime fp32 was 2.02x eager fp32 NCHW and OpenVINO
+fp32 1.92x (equal within the noise of a shared machine; an earlier sequential run had OpenVINO
+2.16x, ORT 1.65x), eager channels_last 1.32x, all with every code equal; OpenVINO bf16 3.44x,
+eager bf16 1.58x (95-97 % of codes); ORT fp16 1.71x. Issue 19's Intel Xeon (AMX) had OpenVINO
+1.77x, channels_last 1.37x, ONNX Runtime 1.10x: OpenVINO is first or tied on every CPU measured,
+so it leads; ONNX Runtime comes second (ahead of channels_last on this CPU, behind it on the Xeon).
 A rule applies when its backend is installed, the weights it needs were given, and the plan's
 other flags allow it. Reduced precision changes codes, so it is never chosen for the user: the
 precision is the plan's (fp32 unless asked).
@@ -36,12 +38,12 @@ class Rule:
 
 # First applicable rule wins. The "why" is what the log line says.
 RULES: tuple[Rule, ...] = (
-    Rule("cpu", "fp32", "openvino", False, "OpenVINO fp32 was the fastest exact CPU variant (2.2x eager NCHW, all codes equal)"),
-    Rule("cpu", "fp32", "ort", False, "ONNX Runtime fp32 was the second fastest exact CPU variant (1.65x eager NCHW)"),
-    Rule("cpu", "fp32", "torch", True, "eager channels_last is exact and faster than NCHW (1.1x here, 1.4x on AMX Xeons)"),
-    Rule("cpu", "bf16", "openvino", False, "OpenVINO bf16 inference precision was the fastest bf16 CPU variant (4.4x eager fp32)"),
-    Rule("cpu", "bf16", "torch", True, "eager bf16 channels_last with fp32 norms and code head (2.0x eager fp32)"),
-    Rule("cpu", "fp16", "ort", False, "only ONNX Runtime runs fp16 on the CPU (the FP16 ONNX, 1.2x eager fp32)"),
+    Rule("cpu", "fp32", "openvino", False, "OpenVINO fp32: fastest or tied exact CPU variant on every CPU measured (1.9-2.2x eager NCHW here)"),
+    Rule("cpu", "fp32", "ort", False, "ONNX Runtime fp32: exact, 1.65-2.0x eager NCHW here (OpenVINO not usable)"),
+    Rule("cpu", "fp32", "torch", True, "eager channels_last: exact and 1.3x eager NCHW (no ONNX backend usable)"),
+    Rule("cpu", "bf16", "openvino", False, "OpenVINO bf16 inference precision: the fastest bf16 CPU variant (3.4x eager fp32 here)"),
+    Rule("cpu", "bf16", "torch", True, "eager bf16 channels_last with fp32 norms and code head (1.6x eager fp32 here)"),
+    Rule("cpu", "fp16", "ort", False, "only ONNX Runtime runs fp16 on the CPU (the FP16 ONNX, 1.7x eager fp32 here)"),
     Rule("cuda", "fp32", "trt", False, "a TensorRT engine is the fastest GPU path when one is given"),
     Rule("cuda", "fp32", "torch", False, "eager PyTorch on the GPU (no TensorRT engine given)"),
     Rule("cuda", "fp16", "trt", False, "a TensorRT FP16 engine is the fastest GPU path when one is given"),

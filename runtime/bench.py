@@ -391,7 +391,12 @@ def run_network(args: argparse.Namespace) -> int:
     if asked:  # the reference and that precision's rows
         plans = [plans[0], *[p for p in plans[1:] if p.precision == asked]]
     if args.only:
-        wanted = {w.strip() for w in args.only.split(",")}
+        wanted = {w.strip() for w in args.only.split(",") if w.strip()}
+        unknown = wanted - {p.label() for p in plans}
+        if unknown:
+            labels = ", ".join(p.label() for p in plans)
+            print(f"{PROG}: --only {', '.join(sorted(unknown))}: no such variant here; choose from {labels}", file=sys.stderr)
+            return EXIT_USAGE
         plans = [plans[0], *[p for p in plans[1:] if p.label() in wanted]]
     cpu = cpu_summary()
     isa = onednn_bf16_isa() if device == "cpu" else None

@@ -186,6 +186,7 @@ def _measure_batch(built, b: int, iters: int, batch: torch.Tensor) -> dict[tuple
     for plan, restorer, build_s in built:  # warm-up: compile / capture / autotune for this size
         seconds, restored, code_idx = _timed_call(restorer, batch)
         first[plan.label()] = (build_s + seconds, restored.cpu(), code_idx.cpu())
+        log.info("%s batch %d: warmed up in %.1f s", plan.label(), b, seconds)
     times: dict[str, list[float]] = {plan.label(): [] for plan, _, _ in built}
     for _ in range(iters):
         for plan, restorer, _ in built:

@@ -44,6 +44,13 @@ def test_network_rows_are_side_by_side_with_eager(tmp_path, capsys):
     assert out.with_suffix(".txt").read_text().splitlines()[0] == printed.splitlines()[0]
 
 
+def test_network_only_names_known_variants(capsys):
+    argv = ["network", "--preset", "tiny", "--random-weights", "--only", "torch fp64", "-q"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--only torch fp64: no such variant here" in err and "openvino bf16" in err
+
+
 def test_network_usage_errors_exit_2():
     for argv in (["network", "--random-weights", "--batches", "0"], ["network", "--random-weights", "--iters", "0"],
                  ["network"]):  # fmt: skip
