@@ -61,7 +61,9 @@ class BrisqueScorer:
         half = cv2.resize(gray, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_CUBIC)
         with warnings.catch_warnings():  # flat images divide by zero inside the features
             warnings.simplefilter("ignore", RuntimeWarning)
-            parts = [self._model.calculate_brisque_features(g, kernel_size=7, sigma=7 / 6) for g in (gray, half)]
+            parts = [
+                self._model.calculate_brisque_features(g, kernel_size=7, sigma=7 / 6) for g in (gray, half)
+            ]
             features = np.concatenate([np.ravel(np.asarray(f, dtype=np.float64)) for p in parts for f in p])
             if not np.isfinite(features).all():
                 return float("nan")
