@@ -22,6 +22,7 @@ from daefr.cli.common import (
     setup_logging,
 )
 from daefr.image_io import ImageReadError, list_images, read_rgb, rgb_to_tensor, tensor_to_rgb, write_rgb
+from daefr.quality.cli import add_quality_flag, build_model_with_quality, quality_tensor
 
 log = logging.getLogger("daefr.restore")
 
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("inputs", nargs="+", type=Path, help="image files or folders of images")
     parser.add_argument("-o", "--out-dir", type=Path, required=True, help="where restored PNGs go")
     add_model_flags(parser)
+    add_quality_flag(parser)
     parser.add_argument("--batch-size", type=int, default=4, help="faces per forward pass")
     parser.add_argument(
         "--unaligned",
@@ -48,7 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def restore_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, batch_size: int) -> list[str]:
+def restore_files(
+    model: torch.nn.Module, paths: list[Path], out_dir: Path, batch_size: int, quality: float | None = None
+) -> list[str]:
     """Restore every readable file; returns one message per file that failed."""
     resolution = model.config.vqgan.resolution
     device = next(model.parameters()).device
@@ -66,7 +70,8 @@ def restore_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, batc
                 log.error("skipped %s", err)
         if images:
             with torch.inference_mode():
-                result = model(torch.stack(images).to(device))
+                batch = torch.stack(images).to(device)
+                result = model(batch, quality_tensor(model, quality, len(images), device))
             for path, restored in zip(names, result.restored, strict=True):
                 write_rgb(out_dir / f"{path.stem}.png", tensor_to_rgb(restored))
         progress.update(len(chunk))
@@ -106,12 +111,16 @@ def main(argv: list[str] | None = None) -> int:
         print("daefr-restore: no images found in the given inputs", file=sys.stderr)
         return EXIT_USAGE
     try:
-        model = build_model(args)
+        if args.quality is not None and args.unaligned:
+            raise UsageError("--quality with --unaligned: the photo pipeline has no quality condition yet")
+        model = build_model_with_quality(args, build_model)
     except (CheckpointError, UsageError) as err:
         print(f"daefr-restore: {err}", file=sys.stderr)
         return EXIT_USAGE
-    run = restore_photos if args.unaligned else restore_files
-    failures = run(model, paths, args.out_dir, args.batch_size)
+    if args.unaligned:
+        failures = restore_photos(model, paths, args.out_dir, args.batch_size)
+    else:
+        failures = restore_files(model, paths, args.out_dir, args.batch_size, args.quality)
     done = len(paths) - len(failures)
     log.info("restored %d of %d images into %s", done, len(paths), args.out_dir)
     if failures:

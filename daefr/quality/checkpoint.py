@@ -69,9 +69,25 @@ def load_conditioned_model(
     device: str | torch.device = "cpu",
 ) -> DAEFR:
     """A quality-conditioned DAEFR from ``path`` (strict: plain keys + :data:`IQP_KEYS`), eval mode."""
+    return model_from_state(read_state_dict(path), config, impl, device, source=str(path), conditioned=True)
+
+
+def model_from_state(
+    state: Mapping[str, torch.Tensor],
+    config: DAEFRConfig | str,
+    impl: Impl = "torch",
+    device: str | torch.device = "cpu",
+    *,
+    source: str,
+    conditioned: bool | None = None,
+) -> DAEFR:
+    """A plain or conditioned DAEFR for ``state`` (``conditioned=None``: whichever it holds)."""
     if isinstance(config, str):
         config = DAEFRConfig.from_name(config)
-    state = read_state_dict(path)
-    model = DAEFR(replace(config, quality=quality_config_of(state, str(path))), impl=impl)
-    load_weights_into(model, state, source=str(path))
+    if conditioned is None:
+        conditioned = is_conditioned(state)
+    if conditioned:
+        config = replace(config, quality=quality_config_of(state, source))
+    model = DAEFR(config, impl=impl)
+    load_weights_into(model, state, source=source)
     return model.eval().to(device)

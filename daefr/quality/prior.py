@@ -30,9 +30,13 @@ from daefr.vqgan import Codebook
 
 
 def fourier_features(quality: torch.Tensor, dim: int) -> torch.Tensor:
-    """quality (B,) in [0, 1] -> (B, dim): sin and cos of 2*pi*f*S, f = 1..dim/2."""
+    """quality (B,) in [0, 1] -> (B, dim): sin and cos of pi*f*S, f = 1..dim/2.
+
+    pi, not 2*pi: with 2*pi every frequency has period 1 and S = 0 and S = 1 got the same
+    features (measured: identical codes); cos(pi*S) is monotone on [0, 1], so every S differs.
+    """
     freqs = torch.arange(1, dim // 2 + 1, dtype=torch.float32, device=quality.device)  # (F,)
-    angles = 2 * math.pi * quality.float().unsqueeze(-1) * freqs  # (B, F)
+    angles = math.pi * quality.float().unsqueeze(-1) * freqs  # (B, F)
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
