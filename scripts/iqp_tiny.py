@@ -10,7 +10,6 @@ seeded random DAEFR, not trained faces: the run shows the mechanism, not restora
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from daefr import DAEFR, DAEFRConfig
-from daefr.atomic import atomic_path
+from daefr.atomic import write_report
 from daefr.cli.train import main as train_main
 from daefr.quality.checkpoint import load_conditioned_model
 from daefr.quality.demo_data import held_out_degraded, write_training_faces
@@ -33,16 +32,42 @@ from daefr.training.metrics import read_log
 COMMON = "--preset tiny --batch-size 2 --device cpu --num-workers 0 -q --quality-scorer brisque".split()
 
 
-def run(root: Path, codebook_steps: int, fusion_steps: int, threshold: float, lr: float) -> dict:
+def train_daefr(root: Path, faces: Path, steps: int, timings: dict) -> Path:
+    """A tiny DAEFR trained here: codebook (HQ branch ``steps``, LQ 1) -> association 1 -> fusion 20."""
+    plain = "--preset tiny --batch-size 2 --device cpu --num-workers 0 -q --base-lr 2e-4".split()
+    init: list[str] = []
+    for stage, extra in (
+        (
+            "codebook",
+            ["--steps", str(steps), "--lq-steps", "1", "--perceptual", "none", "--disc-start", "100000"],
+        ),
+        ("association", ["--steps", "1", "--perceptual", "none"]),
+        ("fusion", ["--steps", "20"]),
+    ):
+        tic = time.perf_counter()
+        out = root / stage
+        if train_main([stage, "--data", str(faces), "--out", str(out), *init, *extra, *plain]) != 0:
+            raise SystemExit(f"{stage} failed")
+        timings[stage] = round(time.perf_counter() - tic, 1)
+        init = ["--init", str(out / "last.pt")]
+    return root / "fusion" / "last.pt"
+
+
+def run(
+    root: Path, codebook_steps: int, fusion_steps: int, threshold: float, lr: float, daefr_steps: int
+) -> dict:
     faces = root / "faces"
     write_training_faces(faces)
-    init = root / "plain.pt"
-    torch.save(
-        seed_model_(DAEFR(DAEFRConfig.from_name("tiny", training_modules=True)), "iqp-tiny").state_dict(),
-        init,
-    )
+    timings: dict[str, float] = {}
+    if daefr_steps > 0:
+        init = train_daefr(root, faces, daefr_steps, timings)
+        origin = f"tiny DAEFR trained here (codebook {daefr_steps} steps, association 1, fusion 20)"
+    else:
+        init = root / "plain.pt"
+        model = seed_model_(DAEFR(DAEFRConfig.from_name("tiny", training_modules=True)), "iqp-tiny")
+        torch.save(model.state_dict(), init)
+        origin = "seeded random tiny DAEFR (salt iqp-tiny)"
     flags = [*COMMON, "--quality-threshold", str(threshold), "--base-lr", str(lr)]
-    timings = {}
     for stage, start, steps in (
         ("iqp-codebook", init, codebook_steps),
         ("iqp-fusion", root / "iqp-codebook" / "last.pt", fusion_steps),
@@ -78,7 +103,7 @@ def run(root: Path, codebook_steps: int, fusion_steps: int, threshold: float, lr
             "threshold": threshold,
             "base_lr": lr,
             "batch_size": 2,
-            "init": "seeded random tiny DAEFR (salt iqp-tiny)",
+            "init": origin,
             "scorer": "brisque 0.2.0, score = clip(1 - raw/100, 0, 1)",
             "training_faces": len(list(faces.iterdir())),
             "held_out_faces": 4,
@@ -136,14 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fusion-steps", type=int, default=60)
     p.add_argument("--threshold", type=float, default=0.6)
     p.add_argument("--base-lr", type=float, default=2e-4)
+    p.add_argument("--daefr-steps", type=int, default=0, help="train a tiny DAEFR first (0: seeded random)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        report = run(Path(tmp), args.codebook_steps, args.fusion_steps, args.threshold, args.base_lr)
+        report = run(
+            Path(tmp), args.codebook_steps, args.fusion_steps, args.threshold, args.base_lr, args.daefr_steps
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out.with_suffix(".json")) as tmp:
-        Path(tmp).write_text(json.dumps(report, indent=1))
-    with atomic_path(args.out.with_suffix(".txt")) as tmp:
-        Path(tmp).write_text(text(report))
+    write_report(args.out.with_suffix(".json"), text(report), report)
+    write_report(args.out.with_suffix(".txt"), text(report), report)
     print(text(report))
     return 0
 

@@ -23,7 +23,7 @@ from daefr.training.iqp_codebook import IQPCodebookStage
 from daefr.training.metrics import read_log
 
 THRESHOLD = 0.6
-FUSION_STEPS = 40
+FUSION_STEPS = 16
 COMMON = [
     *"--preset tiny --batch-size 2 --device cpu --num-workers 0 -q --quality-scorer brisque".split(),
     *("--quality-threshold", str(THRESHOLD), "--base-lr", "2e-4"),
@@ -38,7 +38,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.save(seed_model_(plain, "iqp-tiny").state_dict(), root / "plain.pt")
     out = {"root": root, "faces": root / "faces", "plain": root / "plain.pt"}
     for stage, init, steps in (
-        ("iqp-codebook", root / "plain.pt", 10),
+        ("iqp-codebook", root / "plain.pt", 4),
         ("iqp-fusion", root / "iqp-codebook" / "last.pt", FUSION_STEPS),
     ):
         argv = [stage, "--data", str(root / "faces"), "--out", str(root / stage), "--init", str(init)]
@@ -127,8 +127,9 @@ def test_different_quality_gives_different_codes_and_fixed_quality_is_determinis
 @pytest.mark.xfail(
     strict=True,
     reason="measured: after this short run from a seeded random DAEFR the output at the highest "
-    "S scores lower than at the lowest (0.712 vs 0.759, BRISQUE score); the quality loss has not "
-    "moved the argmax codes the right way in 40 steps (reports/cpu/iqp_tiny.txt)",
+    "S scores lower (BRISQUE) than at the lowest; 40 and 100 steps did the same (0.712 vs 0.759, "
+    "0.650 vs 0.860): the REINFORCE quality loss did not raise the sampled score on a random "
+    "decoder (reports/cpu/iqp_tiny.txt)",
 )
 def test_score_at_high_quality_beats_low_quality_on_held_out_faces(model: DAEFR) -> None:
     lo, hi = (float(v) for v in model.iqp.quality_range)
