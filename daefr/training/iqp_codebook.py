@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from daefr.training.autoencoder import nearest_code_fp32
 from daefr.training.branches import to_floats
 from daefr.training.iqp_common import IQPStage
+from daefr.training.loop import TrainingError
 
 TRAINED_PREFIXES: tuple[str, ...] = ("iqp.hq_plus_quantize.", "iqp.fuse.")
 
@@ -34,6 +35,9 @@ class IQPCodebookStage(IQPStage):
     init_stages = ("fusion", "iqp-codebook")
     accepts_plain = True
     name = "iqp_codebook"
+
+    hq_plus_total = 0  # faces that taught HQ+ in this process's run
+    best_score = 0.0
 
     def trains(self, name: str) -> bool:
         return name.startswith(TRAINED_PREFIXES)
@@ -48,6 +52,13 @@ class IQPCodebookStage(IQPStage):
             "hq_plus_images": keep.sum(),
             "hq_plus_min_score": scores[keep].min() if keep.any() else torch.ones(()),
         }
+        self.hq_plus_total += int(keep.sum())
+        self.best_score = max(self.best_score, float(scores.max()))
+        if step + 1 == self.cfg.steps and self.hq_plus_total == 0:
+            raise TrainingError(
+                f"iqp-codebook: no face seen in this run scored above S_thr {self.cfg.quality_threshold} "
+                f"(best {self.best_score:.3f}), so the HQ+ codebook learned nothing; lower --quality-threshold"
+            )
         if not keep.any():
             return to_floats({"loss": torch.zeros(()), **logs})
         model, vq = self.model, self.model.vqvae

@@ -122,6 +122,10 @@ class IQPStage:
         """Plain DAEFR weights (877 official tensors) + this stage's fresh ``iqp.*``."""
         if not self.accepts_plain:
             raise IQPStageError(f"{source}: plain DAEFR weights start iqp-codebook, not {self.cfg.stage}")
+        if any(k.startswith(IQP_PREFIX) for k in state):  # e.g. an iqpfr.pt: keep its trained iqp.*
+            load_weights_into(self.model, state, source=source)
+            self._range_started = self._initialised = True
+            return
         fresh = {k: v for k, v in self.model.state_dict().items() if k.startswith(IQP_PREFIX)}
         load_weights_into(self.model, {**state, **fresh}, source=source)
         with torch.no_grad():  # the HQ+ codebook starts as the common one (then learns the best faces)
