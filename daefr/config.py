@@ -63,13 +63,38 @@ class VQGANConfig:
 
 
 @dataclass(frozen=True)
+class QualityConfig:
+    """IQPFR's quality-conditioned plug-in (``daefr.quality``); absent from a plain DAEFR.
+
+    ``hq_plus_size``: K+ of the HQ+ codebook (code dim D as the common one); ``threshold``:
+    S_thr, the NR-IQA score above which a training face teaches the HQ+ codebook;
+    ``embed_dim``: Fourier features of the score S fed to the transformer's conditioning.
+    """
+
+    hq_plus_size: int = 1024
+    threshold: float = 0.8
+    embed_dim: int = 32
+
+    def __post_init__(self) -> None:
+        _require(self.hq_plus_size >= 2, "quality.hq_plus_size", self.hq_plus_size, "must be >= 2")
+        _require(0.0 < self.threshold < 1.0, "quality.threshold", self.threshold, "must be in (0, 1)")
+        _require(
+            self.embed_dim >= 2 and self.embed_dim % 2 == 0,
+            "quality.embed_dim",
+            self.embed_dim,
+            "must be an even number >= 2",
+        )
+
+
+@dataclass(frozen=True)
 class DAEFRConfig:
     """The whole inference network: two encoders, MHCA, code-prediction transformer, decoder.
 
     ``training_modules`` adds the parts that only training uses (``Fixed_encoder``,
     ``Fixed_quant_conv``, ``HQ_quantize``, ``LQ_quantize``) so that a full official state_dict
     (877 tensors) loads with ``strict=True``; without them the model holds the 703 inference
-    tensors.
+    tensors. ``quality`` adds IQPFR's conditioned part (``iqp.*`` keys, after all others);
+    ``None`` is the plain DAEFR.
     """
 
     vqgan: VQGANConfig = field(default_factory=VQGANConfig)
@@ -79,6 +104,7 @@ class DAEFRConfig:
     transformer_layers: int = 9
     transformer_ffn: int = 1024
     training_modules: bool = False
+    quality: QualityConfig | None = None
 
     def __post_init__(self) -> None:
         _require(

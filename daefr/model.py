@@ -14,6 +14,7 @@ from torch import nn
 
 from daefr.config import DAEFRConfig
 from daefr.ops import Impl, check_impl, code_head
+from daefr.quality.prior import QualityPrior, check_quality
 from daefr.transformer import TransformerLayer
 from daefr.vqgan import Codebook, Decoder, Encoder, MultiHeadAttnBlock
 
@@ -28,10 +29,12 @@ TRAINING_ONLY_PREFIXES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class Restoration:
-    """restored: (B, 3, H, W) float, about [-1, 1], not clamped; code_idx: (B, N) int64."""
+    """restored: (B, 3, H, W) float, about [-1, 1], not clamped; code_idx: (B, N) int64;
+    plus_idx: the HQ+ codes (B, N) int64 of a quality-conditioned model, else None."""
 
     restored: torch.Tensor
     code_idx: torch.Tensor
+    plus_idx: torch.Tensor | None = None
 
 
 class DualVQGAN(nn.Module):
@@ -81,6 +84,8 @@ class DAEFR(nn.Module):
             nn.LayerNorm(cfg.transformer_dim),
             nn.Linear(cfg.transformer_dim, vq.codebook_size, bias=False),
         )
+        if cfg.quality is not None:  # IQPFR plug-in: its keys (iqp.*) come after the plain ones
+            self.iqp = QualityPrior(cfg, impl)
 
     # -- stages ---------------------------------------------------------------------------
     def check_input(self, image: torch.Tensor) -> None:
@@ -100,10 +105,14 @@ class DAEFR(nn.Module):
         """MHCA: queries from LQ, keys/values from HQ, residual on HQ -> (B, D, r, r)."""
         return self.cross_attention(hq_feat, lq_feat)
 
-    def transformer_features(self, fused_feat: torch.Tensor) -> torch.Tensor:
-        """fused_feat: (B, D, r, r) -> token features before the head (B, N, C)."""
+    def transformer_features(
+        self, fused_feat: torch.Tensor, quality: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """fused_feat: (B, D, r, r) [, quality (B,) in [0, 1]] -> token features (B, N, C)."""
         tokens = fused_feat.flatten(2).transpose(1, 2)  # (B, N, D), token = row * r + col
         x = self.feat_emb(tokens)  # (B, N, C)
+        if quality is not None:
+            x = self.iqp.condition(x, quality)
         pos = self.position_emb.unsqueeze(0).to(x.dtype)  # (1, N, C)
         for layer in self.ft_layers:
             x = layer(x, pos)
@@ -122,6 +131,28 @@ class DAEFR(nn.Module):
             x.reshape(b * n, c), norm, proj.weight, self.vqvae.Fixed_quantize.embedding.weight, self.impl
         )
         return head.idx.reshape(b, n), self.codes_to_features(head.codes.reshape(b, n, -1))
+
+    def predict_dual_codes(
+        self, fused_feat: torch.Tensor, quality: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Conditioned model: -> (common idx (B, N), HQ+ idx (B, N), decoder input (B, D, r, r))."""
+        x = self.transformer_features(fused_feat, quality)
+        b, n, c = x.shape
+        flat = x.reshape(b * n, c)
+        heads = []
+        for (norm, proj), codebook in (
+            (self.idx_pred_layer, self.vqvae.Fixed_quantize),
+            (self.iqp.plus_pred_layer, self.iqp.hq_plus_quantize),
+        ):
+            head = code_head(flat, norm, proj.weight, codebook.embedding.weight, self.impl)
+            heads.append((head.idx.reshape(b, n), self.codes_to_features(head.codes.reshape(b, n, -1))))
+        (common_idx, common), (plus_idx, plus) = heads
+        return common_idx, plus_idx, self.iqp.fuse_codes(common, plus)
+
+    def lookup_dual(self, code_idx: torch.Tensor, plus_idx: torch.Tensor) -> torch.Tensor:
+        """Conditioned model: common and HQ+ idx (B, N) -> fused decoder input (B, D, r, r)."""
+        plus = self.codes_to_features(self.iqp.hq_plus_quantize.lookup(plus_idx))
+        return self.iqp.fuse_codes(self.lookup(code_idx), plus)
 
     def codes_to_features(self, codes: torch.Tensor) -> torch.Tensor:
         """codes: (B, N, D) -> (B, D, r, r)."""
@@ -142,9 +173,21 @@ class DAEFR(nn.Module):
         return self.decode_features(self.lookup(code_idx))
 
     # -- end to end -----------------------------------------------------------------------
-    def forward(self, image: torch.Tensor) -> Restoration:
-        """image: (B, 3, R, R) float in [-1, 1] -> Restoration(restored, code_idx)."""
+    def forward(self, image: torch.Tensor, quality: torch.Tensor | None = None) -> Restoration:
+        """image: (B, 3, R, R) float in [-1, 1] -> Restoration(restored, code_idx).
+
+        ``quality`` (B,) in [0, 1]: the condition S of a quality-conditioned model (default: the
+        highest S it was trained for); a plain model refuses it.
+        """
         self.check_input(image)
+        if self.config.quality is None and quality is not None:
+            raise ValueError("quality: this is a plain DAEFR model; only an IQPFR-conditioned one takes it")
         fused = self.fuse(self.encode_hq(image), self.encode_lq(image))
+        if self.config.quality is not None:
+            if quality is None:
+                quality = torch.full((image.shape[0],), self.iqp.default_quality, device=image.device)
+            check_quality(quality, image.shape[0])
+            code_idx, plus_idx, quant_feat = self.predict_dual_codes(fused, quality)
+            return Restoration(self.decode_features(quant_feat), code_idx, plus_idx)
         code_idx, quant_feat = self.predict_codes(fused)
         return Restoration(self.decode_features(quant_feat), code_idx)

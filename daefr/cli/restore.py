@@ -26,10 +26,13 @@ from daefr.cli.common import (
 )
 from daefr.cli.plan_flags import add_plan_flags, plan_from_args, sources_from_args
 from daefr.image_io import ImageReadError, list_images, read_image, rgb_to_tensor, tensor_to_rgb, write_rgb
+from daefr.model import DAEFR
 from daefr.outputs import OutputError, check_output_dir, plan_outputs
+from daefr.quality.cli import add_quality_flag, build_model_with_quality
 from daefr.runtime.auto import check_sources
 from daefr.runtime.backends import BackendError, BackendUnavailable, PlanError, Restorer
 from daefr.runtime.backends.base import NonFiniteOutput
+from daefr.runtime.plan import PrecisionPlan
 from daefr.runtime.restorers import open_restorer
 
 log = logging.getLogger("daefr.restore")
@@ -45,6 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-o", "--out-dir", type=Path, required=True, help="where restored PNGs go")
     add_model_flags(parser, weights_required=False)
     add_plan_flags(parser)
+    add_quality_flag(parser)
     parser.add_argument("--batch-size", type=int_range(1), default=4, help="faces per forward pass")
     parser.add_argument(
         "--unaligned",
@@ -67,6 +71,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except PlanError as err:
         parser.error(str(err))
     return args
+
+
+def plan_for_weights(args: argparse.Namespace) -> tuple[PrecisionPlan, DAEFR | None]:
+    """(the plan, the model) for weight flags: an IQPFR-conditioned checkpoint runs on the torch
+    backend at ``--quality`` (its quality input is in no end-to-end export yet, so another
+    backend would silently drop it); ``--quality`` with any other weights is a UsageError."""
+    if not (args.ckpt or args.random_weights):
+        if args.quality is not None:
+            raise UsageError("--quality needs --ckpt with an IQPFR checkpoint (iqpfr.pt)")
+        return args.plan, None
+    if args.quality is not None and args.unaligned:
+        raise UsageError("--quality with --unaligned: the photo pipeline has no quality condition yet")
+    model = build_model_with_quality(args, build_model)
+    if model.config.quality is None:
+        return args.plan, model
+    if args.plan.backend not in ("auto", "torch"):
+        raise UsageError(
+            f"--backend {args.plan.backend}: an IQPFR-conditioned checkpoint runs on the torch backend only "
+            "(no exported graph carries its quality input yet)"
+        )
+    model.iqp.run_quality = args.quality
+    return replace(args.plan, backend="torch"), model
 
 
 def restore_files(restorer: Restorer, outputs: dict[Path, Path], batch_size: int) -> list[str]:
@@ -131,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="daefr-restore-") as workdir:
             # Aligned inputs are one face each; photos hold at least one.
             sources = replace(args.sources, expected_faces=len(paths))
-            restorer, _ = open_restorer(args.plan, sources, lambda: build_model(args), Path(workdir))
+            plan, model = plan_for_weights(args)
+            restorer, _ = open_restorer(
+                plan, sources, lambda: model if model is not None else build_model(args), Path(workdir)
+            )
     except (CheckpointError, UsageError, OutputError, PlanError, BackendUnavailable) as err:
         print(f"daefr-restore: {err}", file=sys.stderr)
         return EXIT_USAGE

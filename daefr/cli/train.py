@@ -4,6 +4,11 @@
     daefr-train association --data faces/ --perceptual lpips_vgg.pth --init runs/codebook/last.pt --out runs/association
     daefr-train fusion      --data faces/ --init runs/association/last.pt --out runs/fusion
     torchrun --nproc-per-node 8 -m daefr.cli.train codebook ...   (one process per GPU)
+    daefr-train iqp-codebook --data faces/ --init runs/fusion/last.pt --quality-scorer brisque --out runs/iqp-codebook
+    daefr-train iqp-fusion   --data faces/ --init runs/iqp-codebook/last.pt --quality-scorer brisque --out runs/iqp-fusion
+
+The two iqp-* stages add IQPFR's image-quality prior as a plug-in (``daefr.quality``); the
+last writes ``iqpfr.pt``, for ``daefr-restore --quality S``.
 
 The fusion stage writes ``daefr.pt``, loadable by ``daefr.load_model``. Defaults train what the
 original code trains (``daefr.training.config``) with the paper's recipe; ``--recipe released``
@@ -27,11 +32,13 @@ from tqdm import tqdm
 
 from daefr.checkpoint import CheckpointError
 from daefr.config import PRESETS
+from daefr.quality.scorer import QualityScorer, ScorerError, build_scorer
 from daefr.training.assemble import AssemblyError
 from daefr.training.branches import BranchStageError
 from daefr.training.config import (
     AMP_MODES,
     CODEBOOK_FORMS,
+    IQP_STAGES,
     RECIPE_NAMES,
     RECIPES,
     STAGES,
@@ -41,13 +48,14 @@ from daefr.training.config import (
 from daefr.training.data import DataError, list_images
 from daefr.training.distributed import shutdown
 from daefr.training.fusion import FINAL_NAME, FusionStageError
+from daefr.training.iqp_common import IQP_FINAL_NAME, IQPStageError
 from daefr.training.loop import CHECKPOINT_NAME, TrainingError
 from daefr.training.losses import PerceptualWeightsError, load_perceptual
 from daefr.training.runner import train
 from daefr.training.state import TrainingCheckpointError
 
 PROG = "daefr-train"
-NEEDS_INIT = ("association", "fusion")
+NEEDS_INIT = ("association", "fusion", *IQP_STAGES)
 NEEDS_PERCEPTUAL = ("codebook", "association")
 MAX_SEED = 2**32 - 1
 MAX_WORKERS = 128
@@ -98,6 +106,27 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{text}: must be a finite number > 0")
+    return value
+
+
+def _unit_interval(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: must be strictly between 0 and 1")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be a finite number >= 0")
     return value
 
 
@@ -160,6 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fusion stage: train only MHCA + transformer (the paper's text) instead of the "
         "original's encoders + MHCA + transformer",
+    )
+    p.add_argument(
+        "--quality-scorer",
+        default=None,
+        metavar="brisque|PATH",
+        help="iqp stages: the NR-IQA scorer, 'brisque' (offline) or QualityNet weights; required there",
+    )
+    p.add_argument(
+        "--quality-threshold",
+        type=_unit_interval,
+        default=None,
+        help="iqp stages: S_thr, faces scoring above it teach the HQ+ codebook (default 0.8)",
+    )
+    p.add_argument(
+        "--quality-weight",
+        type=_non_negative_float,
+        default=None,
+        help="iqp-fusion: weight of the discrete-code quality loss (default 1; 0 turns it off)",
     )
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
     p.add_argument(
@@ -226,8 +273,17 @@ def _check(args: argparse.Namespace) -> None:
         )
     if args.stage not in NEEDS_PERCEPTUAL and args.perceptual is not None:
         raise UsageError(f"--perceptual: the {args.stage} stage has no perceptual loss")
-    if args.stage == "fusion" and args.disc_start is not None:
-        raise UsageError("--disc-start: the fusion stage has no discriminator")
+    if args.stage in ("fusion", *IQP_STAGES) and args.disc_start is not None:
+        raise UsageError(f"--disc-start: the {args.stage} stage has no discriminator")
+    if args.stage in IQP_STAGES and args.quality_scorer is None:
+        raise UsageError(f"the {args.stage} stage needs --quality-scorer brisque (or NR-IQA weights)")
+    for flag in ("quality_scorer", "quality_threshold"):
+        if args.stage not in IQP_STAGES and getattr(args, flag) is not None:
+            raise UsageError(
+                f"--{flag.replace('_', '-')}: only the iqp-codebook and iqp-fusion stages use it"
+            )
+    if args.stage != "iqp-fusion" and args.quality_weight is not None:
+        raise UsageError("--quality-weight: only the iqp-fusion stage has the quality loss")
 
 
 def _config(args: argparse.Namespace, amp: str, loss: dict[str, object]) -> TrainConfig:
@@ -241,6 +297,10 @@ def _config(args: argparse.Namespace, amp: str, loss: dict[str, object]) -> Trai
             overrides[flag] = getattr(args, flag)
     if args.stage == "fusion":
         overrides["freeze_encoders"] = args.freeze_encoders
+    if args.quality_threshold is not None:
+        overrides["quality_threshold"] = args.quality_threshold
+    if args.quality_weight is not None:
+        loss["quality_weight"] = args.quality_weight
     if args.stage in NEEDS_PERCEPTUAL:
         loss.update(codebook_form=args.codebook_loss, perceptual_dropout=args.perceptual_dropout)
     return stage_config(
@@ -281,7 +341,10 @@ def main(argv: list[str] | None = None) -> int:
             loss["disc_start"] = args.disc_start
         cfg = _config(args, amp, loss)
         cfg.learning_rate(int(os.environ.get("WORLD_SIZE", "1")))  # ValueError if unusable
-    except (UsageError, DataError, PerceptualWeightsError, ValueError) as err:
+        scorer: QualityScorer | None = None
+        if args.quality_scorer is not None:
+            scorer = build_scorer(args.quality_scorer)
+    except (UsageError, DataError, PerceptualWeightsError, ScorerError, ValueError) as err:
         _error(err)
         return 2
     out = args.out or Path("runs") / args.stage
@@ -307,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             resume_from=args.resume,
             perceptual=perceptual,
             on_step=on_step,
+            scorer=scorer,
         )
     except (
         TrainingCheckpointError,
@@ -315,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         AssemblyError,
         BranchStageError,
         FusionStageError,
+        IQPStageError,
     ) as err:
         _error(err)
         return 2
@@ -347,11 +412,14 @@ def _check_outputs(args: argparse.Namespace, out: Path) -> None:
         raise UsageError(f"--out {out}: cannot make this folder ({err.strerror}); choose another") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise UsageError(f"--out {out}: not writable; choose another folder")
-    outputs = {(out / name).resolve() for name in (CHECKPOINT_NAME, FINAL_NAME, "log.jsonl")}
-    for flag in ("init", "perceptual"):
+    names = (CHECKPOINT_NAME, FINAL_NAME, IQP_FINAL_NAME, "log.jsonl")
+    outputs = {(out / name).resolve() for name in names}
+    for flag in ("init", "perceptual", "quality_scorer"):
         value = getattr(args, flag)
         if value is not None and str(value).lower() != "none" and Path(value).resolve() in outputs:
-            raise UsageError(f"--{flag} {value}: this run writes that file; copy it or choose another --out")
+            raise UsageError(
+                f"--{flag.replace('_', '-')} {value}: this run writes that file; copy it or choose another --out"
+            )
 
 
 def _rank() -> int:

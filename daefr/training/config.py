@@ -22,7 +22,9 @@ from dataclasses import dataclass, field, replace
 from daefr.degradation import STAGE_DEGRADATIONS, DegradationConfig
 from daefr.ops import IMPLS
 
-STAGES: tuple[str, ...] = ("codebook", "association", "fusion")
+STAGES: tuple[str, ...] = ("codebook", "association", "fusion", "iqp-codebook", "iqp-fusion")
+# IQPFR's plug-in stages (daefr.training.iqp_codebook / iqp_fusion), after DAEFR's fusion stage.
+IQP_STAGES: tuple[str, ...] = ("iqp-codebook", "iqp-fusion")
 AMP_MODES: tuple[str, ...] = ("off", "bf16", "fp16")
 # "original": weight 1 on the commitment term, beta on the codebook term (vqvae_arch.py:91-92,
 # taming's legacy VectorQuantizer, which made the released weights); "paper": Eq. 2 as printed.
@@ -53,9 +55,17 @@ class LossConfig:
     patch_weight: float = 0.0  # weight of (CE_H + CE_L) / 2, Eq. 5; 1 in the association stage
     patch_logit_scale: float = 1 / 0.07  # CLIP temperature; a constant in the original code
     feat_weight: float = 10.0  # lambda_feat of Eq. 7
+    quality_weight: float = 0.0  # IQPFR's L_quality (iqp-fusion stage only; see iqp_fusion)
 
     def __post_init__(self) -> None:
-        for name in ("perceptual_weight", "disc_weight", "codebook_weight", "patch_weight", "feat_weight"):
+        for name in (
+            "perceptual_weight",
+            "disc_weight",
+            "codebook_weight",
+            "patch_weight",
+            "feat_weight",
+            "quality_weight",
+        ):
             value = getattr(self, name)
             _require(value >= 0, name, value, "must be >= 0")
         _require(self.disc_start >= 0, "disc_start", self.disc_start, "must be >= 0")
@@ -100,6 +110,9 @@ class TrainConfig:
     save_every: int = 5000
     loss: LossConfig = field(default_factory=LossConfig)
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
+    # iqp stages: S_thr, the NR-IQA score above which a face teaches the HQ+ codebook. The paper's
+    # summary gives none; 0.8 sits above most FFHQ faces' 0.7-0.8 (its Fig. 2).
+    quality_threshold: float = 0.8
 
     def __post_init__(self) -> None:
         _require(self.stage in STAGES, "stage", self.stage, f"choose one of {STAGES}")
@@ -120,6 +133,7 @@ class TrainConfig:
         _require(self.num_workers >= 0, "num_workers", self.num_workers, "must be >= 0")
         _require(self.log_every >= 1, "log_every", self.log_every, "must be >= 1")
         _require(self.save_every >= 1, "save_every", self.save_every, "must be >= 1")
+        _require(0.0 < self.quality_threshold < 1.0, "quality_threshold", self.quality_threshold, "in (0, 1)")
 
     def learning_rate(self, world_size: int) -> float:
         """base_lr * batch_size * world_size, the taming rule of the original code; ValueError
@@ -167,9 +181,16 @@ RECIPES: dict[str, Recipe] = {
     "paper": Recipe(
         name="paper",
         gpus=8,
-        batch_size={"codebook": 4, "association": 4, "fusion": 4},
+        batch_size={"codebook": 4, "association": 4, "fusion": 4, "iqp-codebook": 4, "iqp-fusion": 4},
         base_lr=4.5e-6,  # x 4 x 8 = 1.44e-4 (paper Sec. 4.1; README: 8 A100, batch 4)
-        steps={"codebook": 700_000, "association": 70_000, "fusion": 100_000},
+        # iqp-*: no schedule in the IQPFR summary; DAEFR's fusion length, chosen here
+        steps={
+            "codebook": 700_000,
+            "association": 70_000,
+            "fusion": 100_000,
+            "iqp-codebook": 100_000,
+            "iqp-fusion": 100_000,
+        },
         lq_steps=400_000,
         source="paper Sec. 4.1 and the original README: 8 GPUs x batch 4, lr 1.44e-4, "
         "700K (HQ) / 400K (LQ) / 70K / 100K iterations",
@@ -177,9 +198,15 @@ RECIPES: dict[str, Recipe] = {
     "released": Recipe(
         name="released",
         gpus=4,
-        batch_size={"codebook": 3, "association": 2, "fusion": 2},
+        batch_size={"codebook": 3, "association": 2, "fusion": 2, "iqp-codebook": 2, "iqp-fusion": 2},
         base_lr=4.5e-6,  # x 3 x 4 = 5.4e-5 (codebook), x 2 x 4 = 3.6e-5 (association, fusion)
-        steps={"codebook": 1_925_220, "association": 437_500, "fusion": 875_000},
+        steps={
+            "codebook": 1_925_220,
+            "association": 437_500,
+            "fusion": 875_000,
+            "iqp-codebook": 875_000,
+            "iqp-fusion": 875_000,
+        },
         lq_steps=1_458_500,
         source="configs/*.yaml and scripts/run_*_training.sh at 02d5010: 4 GPUs, batch 3/2/2, "
         "330 (HQ) / 250 (LQ) / 50 / 100 epochs of FFHQ",
@@ -204,6 +231,17 @@ STAGE_DEFAULTS: dict[str, TrainConfig] = {
         degradation=STAGE_DEGRADATIONS["association"],
     ),
     "fusion": TrainConfig(stage="fusion", steps=100_000, degradation=STAGE_DEGRADATIONS["fusion"]),
+    # HQ+ codebook from clean faces only (the degraded copy is unused); the fusion stage's
+    # degradations for the conditioned code prediction, with the quality loss on.
+    "iqp-codebook": TrainConfig(
+        stage="iqp-codebook", steps=100_000, degradation=STAGE_DEGRADATIONS["fusion"]
+    ),
+    "iqp-fusion": TrainConfig(
+        stage="iqp-fusion",
+        steps=100_000,
+        loss=LossConfig(quality_weight=1.0),
+        degradation=STAGE_DEGRADATIONS["fusion"],
+    ),
 }
 
 

@@ -17,11 +17,15 @@ import torch
 
 from daefr.checkpoint import read_state_dict
 from daefr.config import DAEFRConfig
+from daefr.quality.scorer import QualityScorer
 from daefr.training.branches import BranchStage
 from daefr.training.config import RECIPES, TrainConfig
 from daefr.training.data import FaceFolder
 from daefr.training.distributed import DistContext, init_distributed
 from daefr.training.fusion import FusionStage
+from daefr.training.iqp_codebook import IQPCodebookStage
+from daefr.training.iqp_common import IQPStage
+from daefr.training.iqp_fusion import IQPFusionStage
 from daefr.training.loop import CHECKPOINT_NAME, resume, run
 from daefr.training.losses import LPIPS
 from daefr.training.metrics import MetricsLogger
@@ -34,6 +38,12 @@ INIT_FROM: dict[str, tuple[str, ...]] = {
     "codebook": ("codebook",),
     "association": ("codebook", "association"),
     "fusion": ("association", "fusion"),
+    "iqp-codebook": ("fusion", "iqp-codebook"),
+    "iqp-fusion": ("iqp-codebook", "iqp-fusion"),
+}
+IQP_STAGE_CLASSES: dict[str, type[IQPStage]] = {
+    "iqp-codebook": IQPCodebookStage,
+    "iqp-fusion": IQPFusionStage,
 }
 
 
@@ -55,21 +65,24 @@ def build_stage(
     device: torch.device,
     ctx: DistContext | None = None,
     perceptual: LPIPS | None = None,
-) -> BranchStage | FusionStage:
+    scorer: QualityScorer | None = None,
+) -> BranchStage | FusionStage | IQPStage:
+    if cfg.stage in IQP_STAGE_CLASSES:
+        return IQP_STAGE_CLASSES[cfg.stage](cfg, model_cfg, device, ctx, scorer)
     if cfg.stage == "fusion":
         return FusionStage(cfg, model_cfg, device, ctx)
     return BranchStage(cfg, model_cfg.vqgan, device, ctx, perceptual)
 
 
-def apply_init(stage: BranchStage | FusionStage, cfg: TrainConfig, path: str | Path) -> None:
+def apply_init(stage: BranchStage | FusionStage | IQPStage, cfg: TrainConfig, path: str | Path) -> None:
     """Load a previous stage's checkpoint (or, for fusion, released DAEFR weights)."""
     try:
         payload: dict[str, Any] = load_checkpoint(path, INIT_FROM[cfg.stage], cfg.preset)
     except NotATrainingCheckpoint:
-        if not isinstance(stage, FusionStage):
+        if not isinstance(stage, (FusionStage, IQPStage)):
             raise
         stage.init_from_official(read_state_dict(path), source=str(path))
-        log.info("fusion stage starts from DAEFR weights %s", path)
+        log.info("%s stage starts from DAEFR weights %s", cfg.stage, path)
         return
     stage.init_from(payload)
     log.info(
@@ -92,6 +105,7 @@ def train(
     perceptual: LPIPS | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     tensorboard: bool = True,
+    scorer: QualityScorer | None = None,
 ) -> TrainResult:
     """Train ``cfg.stage`` on the faces in ``data_dir``; outputs go to ``out_dir``."""
     ctx, device = init_distributed(device)
@@ -99,7 +113,7 @@ def train(
     dataset = FaceFolder(
         data_dir, model_cfg.vqgan.resolution, cfg.degradation, seed=cfg.seed, hflip=cfg.hflip
     )
-    stage = build_stage(cfg, model_cfg, device, ctx, perceptual)
+    stage = build_stage(cfg, model_cfg, device, ctx, perceptual, scorer)
     start = 0
     if resume_from is not None:
         payload = load_checkpoint(resume_from, (cfg.stage,), cfg.preset)
@@ -148,7 +162,7 @@ def train(
             on_step=on_step,
         )
     final = None
-    if isinstance(stage, FusionStage) and ctx.is_main:
+    if isinstance(stage, (FusionStage, IQPStage)) and ctx.is_main:
         final = stage.save_final(out_dir)
         log.info("wrote %s (%.1f MB)", final, final.stat().st_size / 1e6)
     return TrainResult(start, max(start, cfg.steps), last, Path(out_dir) / CHECKPOINT_NAME, final)

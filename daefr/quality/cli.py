@@ -1,0 +1,76 @@
+"""``--quality S`` for the CLIs: the flag, and the model it needs (parsing stays in each CLI).
+
+A conditioned (IQPFR) checkpoint is recognised by its ``iqp.*`` keys and runs at ``--quality``
+(default: the highest S it was trained for). ``--quality`` with a plain DAEFR checkpoint or
+``--random-weights`` is a usage error (exit 2), never silently ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+from daefr.checkpoint import read_state_dict
+from daefr.cli.common import UsageError
+from daefr.model import DAEFR
+from daefr.quality.checkpoint import model_from_state
+
+
+def quality_value(text: str) -> float:
+    """An argparse type: S in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"{text}: the quality S must be in [0, 1]")
+    return value
+
+
+def add_quality_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quality",
+        type=quality_value,
+        default=None,
+        metavar="S",
+        help="IQPFR-conditioned checkpoints only: target NR-IQA quality in [0, 1] "
+        "(default: the highest the model was trained for)",
+    )
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UsageError(f"--device {name!r}: {err}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available on this machine")
+    return device
+
+
+def build_model_with_quality(args: argparse.Namespace, build_plain) -> DAEFR:
+    """The model of ``--ckpt`` (plain or conditioned) or ``build_plain(args)`` for other weights;
+    UsageError when ``--quality`` is given for a model that has no quality condition."""
+    if args.ckpt:
+        state = read_state_dict(args.ckpt)
+        model = model_from_state(state, args.preset, args.impl, _device(args.device), source=str(args.ckpt))
+    else:
+        model = build_plain(args)
+    if args.quality is not None and model.config.quality is None:
+        what = args.ckpt or "--random-weights"
+        raise UsageError(
+            f"--quality: {what} is a plain DAEFR model, which has no quality condition; "
+            "drop --quality or pass an IQPFR checkpoint (iqpfr.pt from daefr-train iqp-fusion)"
+        )
+    return model
+
+
+def quality_tensor(
+    model: DAEFR, quality: float | None, batch: int, device: torch.device
+) -> torch.Tensor | None:
+    """(B,) S for a conditioned model (None for a plain one, or to use the model's default)."""
+    if model.config.quality is None or quality is None:
+        return None
+    return torch.full((batch,), quality, dtype=torch.float32, device=device)
