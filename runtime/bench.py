@@ -6,6 +6,8 @@ with its ratio to eager PyTorch fp32. Backends that cannot run are listed with t
 
 ``daefr-bench stages``: the CPU cost per frame of each stage around the network, on one core
 (``bench_stages``).
+
+``daefr-bench serve``: daefr-serve over HTTP/gRPC vs in-process calls (``serve/bench.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from daefr.runtime.cli_video import (
 )
 from daefr.runtime.clips import carphone_path, synthetic_frames, write_clip
 from daefr.runtime.face.detector import RetinaFaceDetector
+from daefr.runtime.serve.bench import add_serve_parser, check_serve_args, run_serve_bench
 from daefr.runtime.video import VideoError, VideoOptions, latency_summary, restore_video
 
 log = logging.getLogger("daefr.bench")
@@ -259,7 +262,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_encoder_preset_flag(stages, default="medium")
     stages.add_argument("--out", type=Path, help="write the results as JSON here")
     add_logging_flags(stages)
+    serve = add_serve_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return check_serve_args(serve, args)
     if args.command == "stages":
         if args.frames < 1 or args.resolution < 16:
             stages.error("--frames must be >= 1 and --resolution >= 16")
@@ -306,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args)
     if args.command == "stages":
         return run_stages(args)
+    if args.command == "serve":
+        return run_serve_bench(args, PROG)
     torch.manual_seed(0)
     np.random.seed(0)
     results = []
