@@ -4,10 +4,12 @@ it with tritonclient from the test environment."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,6 +187,27 @@ def test_bad_requests_get_errors_and_the_server_keeps_serving(server, direct, pr
         lq = faces(2, r, 6)
         restored, code_idx = c.restore(lq)
     np.testing.assert_array_equal(code_idx, direct.restore(torch.from_numpy(lq))[1].numpy())
+
+
+def test_readme_client_example_runs_against_the_server(server, direct) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (example,) = [
+        b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL) if "tritonclient" in b
+    ]
+    r = direct.resolution
+    for old, new in (
+        ("localhost:8000", server.http_url),
+        ("localhost:8001", server.grpc_url),
+        ("512, 512", f"{r}, {r}"),
+    ):
+        assert old in example
+        example = example.replace(old, new)
+    scope: dict = {}
+    exec(compile(example, "README.md", "exec"), scope)
+    assert scope["restored"].shape == (2, 3, r, r) and scope["code_idx"].shape[0] == 2
+    np.testing.assert_array_equal(
+        scope["code_idx"], direct.restore(torch.from_numpy(scope["faces"]))[1].numpy()
+    )
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(server, direct) -> None:
