@@ -18,7 +18,7 @@ from daefr.checkpoint import CheckpointError
 from daefr.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, add_logging_flags, setup_logging
 from daefr.runtime.backends import BACKENDS, BackendError, BackendUnavailable, Restorer
 from daefr.runtime.cli_video import add_restorer_flags, build_restorer, check_restorer_flags
-from daefr.runtime.serve.server import ServeConfig, ServeError, serve
+from daefr.runtime.serve.server import ServeConfig, ServeError, check_ports_free, require_pytriton, serve
 
 PROG = "daefr-serve"
 
@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     # Handlers before the (slow) model build, so an early SIGTERM also exits cleanly.
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        require_pytriton()
+        check_ports_free(args.config)  # before the (slow) model build; serve() checks again
         with tempfile.TemporaryDirectory(prefix="daefr-serve-") as workdir:
             restorer = build_serve_restorer(args, Path(workdir))
         if stop.is_set():

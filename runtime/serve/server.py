@@ -7,8 +7,11 @@ requests (up to ``exit_timeout_s``) before it exits.
 
 from __future__ import annotations
 
+import errno
+import importlib.util
 import logging
 import os
+import socket
 import sys
 import sysconfig
 import threading
@@ -73,6 +76,36 @@ def libpython_first(env: dict[str, str]) -> None:
     env["LD_LIBRARY_PATH"] = ":".join([libdir, *parts])
 
 
+def check_ports_free(config: ServeConfig) -> None:
+    """ServeError naming the flag when a port is taken: tritonserver would only time out."""
+    ports = {
+        "--http-port": config.http_port,
+        "--grpc-port": config.grpc_port,
+        "--metrics-port": config.metrics_port,
+    }
+    for flag, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tritonserver does
+            try:
+                s.bind((config.host, port))
+            except OSError as err:
+                if isinstance(err, socket.gaierror) or err.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    raise ServeError(f"--host {config.host}: {err.strerror}; use an address of this machine "
+                                     "(127.0.0.1; 0.0.0.0 for all)") from None  # fmt: skip
+                raise ServeError(
+                    f"{flag} {port} on {config.host}: {err.strerror}; pick another port"
+                ) from None
+
+
+def require_pytriton() -> None:
+    """ServeError unless PyTriton can be imported here (checked before the model is built)."""
+    if importlib.util.find_spec("pytriton") is None:
+        raise ServeError(
+            f"PyTriton is not installed in {sys.prefix}; run daefr-serve from .venv-serve "
+            "(bash scripts/setup.sh makes it) or pip install 'daefr[serve]'"
+        )
+
+
 def _triton_objects(config: ServeConfig):  # noqa: ANN202 (PyTriton types are imported lazily)
     try:
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
@@ -103,6 +136,7 @@ def serve(
     restorer: Restorer, config: ServeConfig, stop: threading.Event, ready: threading.Event | None = None
 ) -> None:
     """Serve ``restorer`` as model ``daefr`` until ``stop`` is set; ServeError if the server dies."""
+    check_ports_free(config)
     spec = probe_spec(restorer)
     r = spec.resolution
     libpython_first(os.environ)  # read by PyTriton when it starts tritonserver (our child)
@@ -122,6 +156,9 @@ def serve(
         try:
             triton.run()
         except Exception as err:  # PyTriton raises several types for a server that will not start
+            if stop.is_set():  # SIGINT to the whole group (Ctrl-C) stopped tritonserver while starting
+                log.info("stopped while starting")
+                return
             raise ServeError(f"tritonserver did not start on {config.host} "
                              f"(ports {config.http_port}/{config.grpc_port}/{config.metrics_port}): {err}") from err  # fmt: skip
         log.info("serving %s (%s backend, R=%d, N=%d) on http://%s:%d grpc %s:%d metrics :%d",

@@ -4,6 +4,7 @@ it with tritonclient from the test environment."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import threading
 import time
@@ -97,6 +98,29 @@ def test_torch_backend_without_weights_is_a_usage_error(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         serve_main(["--preset", "tiny"])
     assert exc.value.code == 2 and "--random-weights" in capsys.readouterr().err
+
+
+def test_busy_port_and_foreign_host_are_named_before_starting() -> None:
+    import socket
+
+    from daefr.runtime.serve.launch import free_ports
+    from daefr.runtime.serve.server import ServeError, check_ports_free
+
+    http, grpc, metrics = free_ports(3)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", grpc))
+        busy.listen()
+        with pytest.raises(ServeError, match=f"--grpc-port {grpc} on 127.0.0.1: Address already in use"):
+            check_ports_free(ServeConfig(http_port=http, grpc_port=grpc, metrics_port=metrics))
+    with pytest.raises(ServeError, match="--host 192.0.2.1: .*address of this machine"):
+        check_ports_free(ServeConfig(host="192.0.2.1", http_port=http, grpc_port=grpc, metrics_port=metrics))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pytriton") is not None, reason="PyTriton is installed here")
+def test_without_pytriton_one_line_before_the_model_is_built(capsys) -> None:
+    assert serve_main(["--preset", "tiny", "--random-weights", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ".venv-serve" in err
 
 
 # ---- the real server ---------------------------------------------------------------------------
