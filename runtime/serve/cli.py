@@ -18,6 +18,7 @@ from daefr.checkpoint import CheckpointError
 from daefr.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, add_logging_flags, setup_logging
 from daefr.runtime.backends import BACKENDS, BackendError, BackendUnavailable, Restorer
 from daefr.runtime.cli_video import add_restorer_flags, build_restorer, check_restorer_flags
+from daefr.runtime.face.detector import DetectorUnavailable, RetinaFaceDetector
 from daefr.runtime.serve.server import ServeConfig, ServeError, check_ports_free, require_pytriton, serve
 
 PROG = "daefr-serve"
@@ -45,8 +46,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--exit-timeout", type=int, default=30, help="seconds to finish in-flight requests on SIGINT/SIGTERM"
     )
+    parser.add_argument(
+        "--frames",
+        action="store_true",
+        help="also serve daefr_frame: whole uint8 frames, faces restored in place",
+    )
+    parser.add_argument(
+        "--det-threshold", type=float, default=0.9, help="daefr_frame: face detection threshold"
+    )
     add_logging_flags(parser)
     args = parser.parse_args(argv)
+    if not 0 < args.det_threshold < 1:
+        parser.error("--det-threshold must be in (0, 1)")
     check_restorer_flags(parser, args, args.backend)
     try:
         args.config = ServeConfig(
@@ -72,15 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         require_pytriton()
         check_ports_free(args.config)  # before the (slow) model build; serve() checks again
+        detector = RetinaFaceDetector(score_threshold=args.det_threshold) if args.frames else None
         with tempfile.TemporaryDirectory(prefix="daefr-serve-") as workdir:
             restorer = build_serve_restorer(args, Path(workdir))
         if stop.is_set():
             return EXIT_OK
         try:
-            serve(restorer, args.config, stop)
+            serve(restorer, args.config, stop, detector=detector)
         finally:
             restorer.close()
-    except (BackendUnavailable, CheckpointError, UsageError) as err:
+    except (BackendUnavailable, CheckpointError, DetectorUnavailable, UsageError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return EXIT_USAGE
     except (BackendError, ServeError) as err:

@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from daefr.runtime.serve.model import INPUT_NAME, MODEL_NAME, OUTPUT_NAMES
+from daefr.runtime.serve.model import (
+    FRAME_INPUT,
+    FRAME_MODEL_NAME,
+    FRAME_OUTPUT,
+    INPUT_NAME,
+    MODEL_NAME,
+    OUTPUT_NAMES,
+)
 
 PROTOCOLS = ("http", "grpc")
 
@@ -66,6 +73,21 @@ class Client:
         if restored is None or code_idx is None:
             raise ClientError(f"{model}: the response has no {OUTPUT_NAMES} outputs")
         return restored, code_idx
+
+    def restore_frame(self, frame: np.ndarray) -> np.ndarray:
+        """frame (H, W, 3) uint8 RGB -> the same frame with every face restored (``daefr-serve --frames``)."""
+        frame = np.ascontiguousarray(frame)
+        inp = self._module.InferInput(FRAME_INPUT, list(frame.shape), _triton_dtype(frame.dtype))
+        inp.set_data_from_numpy(frame)
+        kwargs = {} if self.protocol == "http" else {"client_timeout": self._timeout_s}
+        try:
+            result = self._client.infer(FRAME_MODEL_NAME, [inp], **kwargs)
+        except self._error as err:
+            raise ClientError(f"{FRAME_MODEL_NAME}: {err.message()}") from err
+        out = result.as_numpy(FRAME_OUTPUT)
+        if out is None:
+            raise ClientError(f"{FRAME_MODEL_NAME}: the response has no {FRAME_OUTPUT} output")
+        return out
 
     def close(self) -> None:
         self._client.close()

@@ -103,3 +103,43 @@ def make_infer_func(
         return out
 
     return infer
+
+
+# ---- the optional whole-frame model: uint8 frames in, every face restored and pasted back ----
+
+FRAME_MODEL_NAME = "daefr_frame"
+FRAME_INPUT, FRAME_OUTPUT = "frame", "restored_frame"
+MAX_FRAME_SIDE = 8192  # a 16K-by-16K frame is a mistake or an attack, not a photo
+
+
+def check_frame(x: np.ndarray) -> None:
+    """BadRequest unless ``x`` is one (H, W, 3) uint8 RGB frame with 1 <= H, W <= MAX_FRAME_SIDE."""
+    if x.ndim != 3 or x.shape[2] != 3 or x.dtype != np.uint8:
+        raise BadRequest(f"{FRAME_INPUT}: expected uint8 (H, W, 3) RGB, got {x.dtype} {tuple(x.shape)}")
+    if not (1 <= x.shape[0] <= MAX_FRAME_SIDE and 1 <= x.shape[1] <= MAX_FRAME_SIDE):
+        raise BadRequest(f"{FRAME_INPUT}: {x.shape[1]}x{x.shape[0]}; sides must be 1..{MAX_FRAME_SIDE}")
+
+
+def make_frame_infer_func(
+    restorer: Restorer, detector: Any
+) -> Callable[[Sequence[Any]], list[dict[str, np.ndarray]]]:
+    """The PyTriton callable of ``daefr_frame`` (no batching: frames differ in size).
+
+    frame (H, W, 3) uint8 RGB -> restored_frame (H, W, 3) uint8: every detected face restored
+    and pasted back (``runtime/photo.py``); a frame without faces comes back unchanged.
+    """
+    from daefr.runtime.photo import restore_photo
+
+    def infer(requests: Sequence[Any]) -> list[dict[str, np.ndarray]]:
+        frames = [np.asarray(req[FRAME_INPUT]) for req in requests]
+        for x in frames:
+            check_frame(x)
+        try:
+            return [
+                {FRAME_OUTPUT: restore_photo(np.ascontiguousarray(x), restorer, detector)} for x in frames
+            ]
+        except Exception as err:  # detector or backend: this request's error response
+            log.exception("frame restoration failed")
+            raise RuntimeError(f"{restorer.name} backend: frame restoration failed: {err}") from err
+
+    return infer

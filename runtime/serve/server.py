@@ -17,11 +17,21 @@ import sysconfig
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from daefr.runtime.backends.base import Restorer
-from daefr.runtime.serve.model import INPUT_NAME, MODEL_NAME, make_infer_func, probe_spec
+from daefr.runtime.serve.model import (
+    FRAME_INPUT,
+    FRAME_MODEL_NAME,
+    FRAME_OUTPUT,
+    INPUT_NAME,
+    MODEL_NAME,
+    make_frame_infer_func,
+    make_infer_func,
+    probe_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,18 +139,26 @@ def _triton_objects(config: ServeConfig):  # noqa: ANN202 (PyTriton types are im
         max_batch_size=config.max_batch_size,
         batcher=DynamicBatcher(max_queue_delay_microseconds=config.queue_delay_us),
     )
-    return Triton(config=triton_config), model_config, Tensor
+    frame_config = ModelConfig(batching=False)  # frames differ in size: one per request
+    return Triton(config=triton_config), model_config, frame_config, Tensor
 
 
 def serve(
-    restorer: Restorer, config: ServeConfig, stop: threading.Event, ready: threading.Event | None = None
+    restorer: Restorer,
+    config: ServeConfig,
+    stop: threading.Event,
+    ready: threading.Event | None = None,
+    detector: Any = None,
 ) -> None:
-    """Serve ``restorer`` as model ``daefr`` until ``stop`` is set; ServeError if the server dies."""
+    """Serve ``restorer`` as model ``daefr`` until ``stop`` is set; ServeError if the server dies.
+
+    With a face ``detector``, also model ``daefr_frame``: whole uint8 frames in and out.
+    """
     check_ports_free(config)
     spec = probe_spec(restorer)
     r = spec.resolution
     libpython_first(os.environ)  # read by PyTriton when it starts tritonserver (our child)
-    triton, model_config, Tensor = _triton_objects(config)
+    triton, model_config, frame_config, Tensor = _triton_objects(config)
     try:
         triton.bind(
             model_name=MODEL_NAME,
@@ -153,6 +171,15 @@ def serve(
             config=model_config,
             strict=True,
         )
+        if detector is not None:
+            triton.bind(
+                model_name=FRAME_MODEL_NAME,
+                infer_func=make_frame_infer_func(restorer, detector),
+                inputs=[Tensor(name=FRAME_INPUT, dtype=np.uint8, shape=(-1, -1, 3))],
+                outputs=[Tensor(name=FRAME_OUTPUT, dtype=np.uint8, shape=(-1, -1, 3))],
+                config=frame_config,
+                strict=True,
+            )
         try:
             triton.run()
         except Exception as err:  # PyTriton raises several types for a server that will not start
