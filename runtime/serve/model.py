@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from daefr.runtime.backends.base import Restorer
+from daefr.runtime.backends.base import BackendError, Restorer
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,10 @@ class ModelSpec:
 def probe_spec(restorer: Restorer) -> ModelSpec:
     """Run one zero face through ``restorer``: its token count N, and a warm first call."""
     r = restorer.resolution
-    _, code_idx = restorer.restore(torch.zeros(1, 3, r, r))
+    try:
+        _, code_idx = restorer.restore(torch.zeros(1, 3, r, r))
+    except Exception as err:  # a backend that loads but cannot run: say so before serving
+        raise BackendError(f"{restorer.name} backend failed on a first zero face: {err}") from err
     return ModelSpec(resolution=r, tokens=int(code_idx.shape[1]))
 
 

@@ -117,14 +117,10 @@ def require_pytriton() -> None:
 
 
 def _triton_objects(config: ServeConfig):  # noqa: ANN202 (PyTriton types are imported lazily)
-    try:
-        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-        from pytriton.triton import Triton, TritonConfig
-    except ImportError as err:
-        raise ServeError(
-            f"PyTriton is not installed in {sys.prefix} ({err}); run daefr-serve from .venv-serve "
-            "(bash scripts/setup.sh makes it) or pip install 'daefr[serve]'"
-        ) from err
+    require_pytriton()
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig
+
     triton_config = TritonConfig(
         http_address=config.host,
         http_port=config.http_port,
@@ -147,7 +143,6 @@ def serve(
     restorer: Restorer,
     config: ServeConfig,
     stop: threading.Event,
-    ready: threading.Event | None = None,
     detector: Any = None,
 ) -> None:
     """Serve ``restorer`` as model ``daefr`` until ``stop`` is set; ServeError if the server dies.
@@ -191,8 +186,6 @@ def serve(
         log.info("serving %s (%s backend, R=%d, N=%d) on http://%s:%d grpc %s:%d metrics :%d",
                  MODEL_NAME, restorer.name, r, spec.tokens, config.host, config.http_port,
                  config.host, config.grpc_port, config.metrics_port)  # fmt: skip
-        if ready is not None:
-            ready.set()
         while not stop.wait(1.0):
             if not triton.is_alive():
                 raise ServeError("tritonserver or its model stopped unexpectedly (see the log above)")

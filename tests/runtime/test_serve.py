@@ -68,6 +68,29 @@ def test_backend_failure_is_an_error_naming_the_backend() -> None:
         infer([FakeRequest(lq_image=faces(1, 16, 0)), FakeRequest(lq_image=faces(2, 16, 1))])
 
 
+def test_a_backend_that_cannot_run_fails_before_serving() -> None:
+    from daefr.runtime.backends import BackendError
+    from daefr.runtime.serve.model import probe_spec
+
+    with pytest.raises(BackendError, match="failing backend failed on a first zero face: engine exploded"):
+        probe_spec(_Failing())
+
+
+def test_libpython_of_this_interpreter_goes_first_once() -> None:
+    import sys
+    import sysconfig
+
+    from daefr.runtime.serve.server import libpython_first
+
+    libdir = sysconfig.get_config_var("LIBDIR")
+    env = {"LD_LIBRARY_PATH": f"/opt/x:{libdir}:/opt/y"}
+    libpython_first(env)
+    if (Path(libdir) / f"libpython{sys.version_info.major}.{sys.version_info.minor}.so").exists():
+        assert env["LD_LIBRARY_PATH"] == f"{libdir}:/opt/x:/opt/y"
+    else:  # no shared libpython to prefer: the variable is left alone
+        assert env["LD_LIBRARY_PATH"] == f"/opt/x:{libdir}:/opt/y"
+
+
 def test_infer_func_splits_a_batch_back_into_requests() -> None:
     restorer = create_restorer("torch", model=random_model("tiny", SEED))
     r = restorer.resolution
