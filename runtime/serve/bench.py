@@ -52,6 +52,7 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--metrics-url", help="its metrics HOST:PORT (with --http-url; for batch sizes)")
     p.add_argument("--max-batch-size", type=int, default=8, help="the started server's batch limit")
     p.add_argument("--queue-delay-us", type=int, default=2000, help="the started server's batcher delay")
+    p.add_argument("--request-timeout", type=float, default=600, help="seconds a client waits for one answer")
     p.add_argument("--out", type=Path, help="write the results as JSON here, the table beside it (.txt)")
     add_logging_flags(p)
     return p
@@ -62,8 +63,8 @@ def check_serve_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     for name in ("clients", "requests", "faces", "max_batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup < 0 or args.queue_delay_us < 0:
-        parser.error("--warmup and --queue-delay-us must be >= 0")
+    if args.warmup < 0 or args.queue_delay_us < 0 or args.request_timeout <= 0:
+        parser.error("--warmup and --queue-delay-us must be >= 0, --request-timeout > 0")
     if args.faces > args.max_batch_size and not args.http_url:
         parser.error(f"--faces {args.faces} is over the server's --max-batch-size {args.max_batch_size}")
     args.protocol_list = [p.strip() for p in args.protocols.split(",") if p.strip()]
@@ -165,7 +166,9 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             log.info(
                 "%s: %d clients x %d requests of %d faces", protocol, args.clients, args.requests, args.faces
             )
-            row = run_clients(lambda p=protocol: Client(urls[p], p).restore, args, r)
+            row = run_clients(
+                lambda p=protocol: Client(urls[p], p, timeout_s=args.request_timeout).restore, args, r
+            )
             if metrics:
                 after = inference_counts(metrics)
                 runs = after["nv_inference_exec_count"] - before.get("nv_inference_exec_count", 0)
