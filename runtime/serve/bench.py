@@ -192,7 +192,7 @@ def format_serve_table(results: list[dict[str, Any]]) -> str:
         lat = row["latency_ms"]
         batch = f"{row['mean_batch']:.2f}" if row.get("mean_batch") else "-"
         ratio, p50r = f"{row['faces_per_s_ratio']:.2f}", f"{row['p50_ratio']:.2f}"
-        lines.append(f"{row['mode']:<14} {row['faces_per_s']:>8.1f} {lat['p50']:>8.1f} {lat['p99']:>8.1f} "
+        lines.append(f"{row['mode']:<14} {row['faces_per_s']:>8.3g} {lat['p50']:>8.1f} {lat['p99']:>8.1f} "
                      f"{batch:>10} {ratio:>9} {p50r:>6}")  # fmt: skip
     return "\n".join(lines)
 
