@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from daefr.export.triton_repo import TritonRepoError, add_triton_repo_flags, options_from_args, write_repo
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 PROG = "daefr-export"
 PARITY_BATCHES = (1, 3)
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--require-trt", action="store_true", help="exit 1 when engines cannot be built here")
     p.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime parity check")
+    add_triton_repo_flags(p)
     p.add_argument("-v", "--verbose", action="store_true", help="more log output")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     return p
@@ -99,6 +102,10 @@ def _validate(args: argparse.Namespace) -> list[str]:
         what = "not a regular file" if args.ckpt.exists() else "no such file"
         raise UsageError(f"--ckpt {args.ckpt}: {what}")
     _check_out_dir(args)
+    try:
+        args.triton_options = options_from_args(args)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     return list(dict.fromkeys(graphs))
 
 
@@ -205,6 +212,12 @@ def run(args: argparse.Namespace, graphs: list[str]) -> int:
     manifest["plan"] = {"precision": "fp16" if args.fp16 else "fp32", "plugins": args.plugins}
     path = write_manifest(out, manifest)
     log.info("wrote %s; %d ONNX files in %.1f s", path, len(artifacts), time.perf_counter() - start)
+    if args.triton_options is not None and not failed:
+        try:
+            write_repo(out, args.triton_repo, args.triton_options)
+        except TritonRepoError as err:
+            print(f"{PROG}: {err}", file=sys.stderr)
+            failed.append("--triton-repo")
     if failed:
         print(f"{PROG}: parity or build FAILED for {', '.join(failed)} (details in {path})", file=sys.stderr)
         return EXIT_FAILED

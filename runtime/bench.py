@@ -9,6 +9,7 @@ with its ratio to eager PyTorch fp32. Backends that cannot run are listed with t
 
 ``daefr-bench network``: every backend x precision side by side on the network alone, with
 code agreement, PSNR and % of this machine's matmul peak (``bench_network``).
+``daefr-bench serve``: daefr-serve over HTTP/gRPC vs in-process calls (``serve/bench.py``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from daefr.runtime.clips import carphone_path, synthetic_frames, write_clip
 from daefr.runtime.cpu_info import cpu_summary, onednn_bf16_isa
 from daefr.runtime.face.detector import RetinaFaceDetector
 from daefr.runtime.plan import MAX_THREADS
+from daefr.runtime.serve.bench import add_serve_parser, check_serve_args, run_serve_bench
 from daefr.runtime.video import VideoError, VideoOptions, latency_summary, restore_video
 
 log = logging.getLogger("daefr.bench")
@@ -309,6 +311,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_encoder_preset_flag(stages, default="medium")
     stages.add_argument("--out", type=Path, help="write the results as JSON here")
     add_logging_flags(stages)
+    serve = add_serve_parser(sub)
     args = parser.parse_args(argv)
     try:  # the results' path is checked before minutes of measuring
         if getattr(args, "out", None) is not None:
@@ -323,6 +326,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         except PlanError as err:
             network.error(str(err))
         return args
+    if args.command == "serve":
+        return check_serve_args(serve, args)
     if args.command == "stages":
         if args.frames < 1 or args.resolution < 16:
             stages.error("--frames must be >= 1 and --resolution >= 16")
@@ -451,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_stages(args)
     if args.command == "network":
         return run_network(args)
+    if args.command == "serve":
+        return run_serve_bench(args, PROG)
     torch.manual_seed(0)
     np.random.seed(0)
     results = []

@@ -64,6 +64,18 @@ def add_encoder_preset_flag(parser: argparse.ArgumentParser, default: str | None
     )
 
 
+def check_restorer_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``args.plan``, the one precision plan the flags ask for; parser.error (exit 2) with one
+    line if the flags cannot make one, or a named backend lacks what it needs."""
+    try:
+        args.plan = plan_from_args(args)
+        sources = sources_from_args(args)
+        if args.plan.backend != "auto":
+            check_sources(args.plan, sources)
+    except PlanError as err:
+        parser.error(str(err))
+
+
 def build_restorer(
     args: argparse.Namespace, plan: PrecisionPlan, workdir: Path, expected_faces: int | None = None
 ) -> tuple[Restorer, PrecisionPlan]:
@@ -113,13 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stats", type=Path, help="latency/throughput JSON (default: OUTPUT.stats.json)")
     add_logging_flags(parser)
     args = parser.parse_args(argv)
-    try:
-        args.plan = plan_from_args(args)
-        sources = sources_from_args(args)
-        if args.plan.backend != "auto":
-            check_sources(args.plan, sources)
-    except PlanError as err:
-        parser.error(str(err))
+    check_restorer_flags(parser, args)
     try:
         args.options = VideoOptions(
             batch_size=args.batch_size,
