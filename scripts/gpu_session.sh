@@ -95,6 +95,11 @@ step_video() {
     --out "$RESULTS/video_torch_fp16_graphs.json" || failed=1
   "$PYTHON" -m daefr.runtime.bench "${common[@]}" --fp16 --impl triton \
     --out "$RESULTS/video_torch_fp16_triton.json" || failed=1
+  "$PYTHON" -m daefr.runtime.bench "${common[@]}" --precision bf16 --cuda-graphs \
+    --out "$RESULTS/video_torch_bf16_graphs.json" || failed=1
+  # The network alone, every backend x precision x layout that runs here (issue 19), batch 1 and 16.
+  "$PYTHON" -m daefr.runtime.bench network --random-weights --preset "$PRESET" --batches 1,16 --iters 10 \
+    --out "$RESULTS/network.json" || failed=1
   # Low latency (the p99 < 20 ms target): batches of one face, shallow queues (later flags win).
   "$PYTHON" -m daefr.runtime.bench "${common[@]}" --fp16 --cuda-graphs --batch-size 1 --queue 2 \
     --encoder-preset veryfast --out "$RESULTS/video_torch_fp16_graphs_latency.json" || failed=1
@@ -107,7 +112,7 @@ step_report() {
 }
 
 step_train() {
-  # A short run of the three stages on the tiny preset, on the GPU (mixed precision: --amp auto).
+  # A short run of the three stages on the tiny preset, on the GPU, in fp32 (the default, as the original).
   local data=/tmp/daefr-train-faces runs=/tmp/daefr-runs
   "$PYTHON" - "$data" <<'EOF' || return 1
 import sys

@@ -14,6 +14,7 @@ source (NVIDIA/TensorRT v11.1 ``python/src/infer/pyCore.cpp`` and ``include/NvIn
 
 from __future__ import annotations
 
+import ctypes
 import sys
 import types
 from contextlib import contextmanager
@@ -78,7 +79,14 @@ class FakeContext:
         return True
 
     def execute_async_v3(self, stream: int) -> bool:
+        """Writes zeros into both outputs (float32 restored, int32 code_idx), as an engine writes
+        every output element: the backend's non-finite check must see defined values."""
         _record("execute_async_v3")
+        b, r = self.shape[0], self.engine.resolution
+        sizes = {"restored": b * 3 * r * r * 4, "code_idx": b * self.engine.tokens * 4}
+        for name, nbytes in sizes.items():
+            if self.addresses.get(name):  # host memory in these tests (no GPU)
+                ctypes.memset(self.addresses[name], 0, nbytes)
         return True
 
 

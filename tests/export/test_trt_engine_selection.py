@@ -5,6 +5,7 @@ engine file is deserialised (and stops there, as there is no GPU to run it on)."
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import fake_tensorrt_plugin
@@ -65,6 +66,8 @@ def stand_in(monkeypatch):
         monkeypatch.setattr(trt_backend, "require_cuda", lambda backend, device: None)
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
         monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: None)
+        # The backend makes its device current (torch.cuda.device), which needs a real GPU.
+        monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
         yield
 
 
