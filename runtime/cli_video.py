@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from daefr.atomic import atomic_write_text
@@ -23,6 +24,7 @@ from daefr.cli.common import (
     add_logging_flags,
     add_model_flags,
     build_model,
+    check_impl,
     float_range,
     int_range,
     setup_logging,
@@ -72,7 +74,9 @@ def check_restorer_flags(parser: argparse.ArgumentParser, args: argparse.Namespa
         sources = sources_from_args(args)
         if args.plan.backend != "auto":
             check_sources(args.plan, sources)
-    except PlanError as err:
+        if sources.weights:
+            check_impl(args.impl, torch.device(args.plan.device))
+    except (PlanError, UsageError) as err:
         parser.error(str(err))
 
 

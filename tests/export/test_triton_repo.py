@@ -90,7 +90,7 @@ def test_engines_become_tensorrt_plan_models_and_plugin_engines_are_skipped(expo
     (fake / "daefr.fp16.plan").write_bytes(b"not a real engine")
     (fake / "daefr.plugins.plan").write_bytes(b"not a real engine")
     engine = {"graph": "daefr", "file": "daefr.fp16.plan", "fp16": True, "plugins": False,
-              "profile": {"min": 1, "opt": 4, "max": 16}}  # fmt: skip
+              "sha256": sha256_file(fake / "daefr.fp16.plan"), "profile": {"min": 1, "opt": 4, "max": 16}}  # fmt: skip
     manifest["engines"] = [engine, {**engine, "file": "daefr.plugins.plan", "plugins": True}]
     (fake / MANIFEST_NAME).write_text(json.dumps(manifest))
     repo = tmp_path / "repo"

@@ -80,7 +80,9 @@ def stand_in(monkeypatch):
         (["--precision", "fp16", "--plugins"], "daefr.fp16.plugins.engine"),
     ],
 )
-def test_restore_with_trt_loads_the_engine_of_the_requested_precision(stand_in, engine_dir, tmp_path, flags, engine):
+def test_restore_with_trt_loads_the_engine_of_the_requested_precision(
+    stand_in, engine_dir, tmp_path, flags, engine
+):
     from daefr.cli.restore import main
 
     face = tmp_path / "face.png"
@@ -109,7 +111,8 @@ def test_a_precision_the_export_did_not_build_is_a_clear_error(stand_in, engine_
 
 
 @pytest.mark.parametrize(
-    ("row", "engine"), [("trt fp16", "daefr.fp16.engine"), ("trt fp16 + plugins", "daefr.fp16.plugins.engine")]
+    ("row", "engine"),
+    [("trt fp16", "daefr.fp16.engine"), ("trt fp16 + plugins", "daefr.fp16.plugins.engine")],
 )
 def test_report_trt_rows_load_what_they_are_labelled(stand_in, engine_dir, row, engine):
     from daefr.runtime.report.variants import trt_variants

@@ -18,6 +18,7 @@ import torch
 
 from daefr.cli.common import random_model
 from daefr.runtime.backends import create_restorer
+from daefr.runtime.plan import PrecisionPlan
 from daefr.runtime.serve.cli import main as serve_main
 from daefr.runtime.serve.model import BadRequest, ModelSpec, check_lq_image, make_infer_func
 from daefr.runtime.serve.server import ServeConfig
@@ -92,7 +93,7 @@ def test_libpython_of_this_interpreter_goes_first_once() -> None:
 
 
 def test_infer_func_splits_a_batch_back_into_requests() -> None:
-    restorer = create_restorer("torch", model=random_model("tiny", SEED))
+    restorer = create_restorer(PrecisionPlan("torch"), model=random_model("tiny", SEED))
     r = restorer.resolution
     lq = [faces(1, r, 1), faces(2, r, 2)]
     out = make_infer_func(restorer, ModelSpec(resolution=r, tokens=1))([FakeRequest(lq_image=x) for x in lq])
@@ -164,7 +165,7 @@ def server():
 @pytest.fixture(scope="module")
 def direct():
     torch.set_num_threads(1)  # the server's --threads 1: the same reduction order
-    return create_restorer("torch", model=random_model("tiny", SEED))
+    return create_restorer(PrecisionPlan("torch"), model=random_model("tiny", SEED))
 
 
 def test_concurrent_http_and_grpc_clients_match_the_backend(server, direct) -> None:

@@ -128,7 +128,7 @@ def test_ten_bit_input_to_an_8_bit_encoder_is_stated(tmp_path, frames, ort, capl
         (["-o", "{tmp}/o.mp4", "--stats", "{src}"], "is the input"),
         (["-o", "{tmp}/o.mp4", "--stats", "{tmp}/o.mp4"], "is also the --output"),
         (["-o", "{tmp}/o.mp4", "--det-max-side", "0"], "--det-max-side: 0: must be >= 32"),
-        (["-o", "{tmp}/o.mp4", "--threads", "-1"], "--threads: -1: must be >= 0"),
+        (["-o", "{tmp}/o.mp4", "--threads", "-1"], "--threads -1: must be within 0..1024"),
         (["-o", "{tmp}/o.mp4", "--det-threshold", "nan"], "finite"),
         (["-o", "{tmp}/o.mp4", "--device", "meta"], "only cpu and cuda"),
         (["-o", "{tmp}/o.mp4", "--device", "mps"], "only cpu and cuda"),
