@@ -168,8 +168,8 @@ def rgb_to_tensor(rgb: np.ndarray, resolution: int, name: str = "image") -> torc
             resolution,
             resolution,
         )
-        rgb = np.asarray(Image.fromarray(rgb).resize((resolution, resolution), Image.BICUBIC))
-    return torch.from_numpy(rgb).permute(2, 0, 1).float() / 127.5 - 1.0
+        rgb = np.array(Image.fromarray(rgb).resize((resolution, resolution), Image.BICUBIC))  # writable
+    return torch.from_numpy(np.require(rgb, requirements="W")).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
 def tensor_to_rgb(image: torch.Tensor) -> np.ndarray:
