@@ -182,6 +182,10 @@ def test_restore_cli_quality(
         assert restore_main([*base, "-o", str(out), "--ckpt", ckpt, *extra]) == 0
         outs[s] = (out / "face.png").read_bytes()
     assert outs["0.0"] != outs["1.0"]
+    capsys.readouterr()
+    # No exported graph carries the quality input: another backend would drop it, so it is refused.
+    assert restore_main([*base, "-o", str(tmp_path / "o"), "--ckpt", ckpt, "--backend", "ort"]) == 2
+    assert "torch backend only" in capsys.readouterr().err
     assert restore_main([*base, "-o", str(tmp_path / "plain_ok"), "--ckpt", str(plain)]) == 0
 
 
