@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -31,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from daefr.checkpoint import CheckpointError
+from daefr.cli.common import float_range, int_range
 from daefr.config import PRESETS
 from daefr.quality.scorer import QualityScorer, ScorerError, build_scorer
 from daefr.training.assemble import AssemblyError
@@ -81,55 +80,6 @@ class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An argparse type: an integer in [low, high]."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low or (high is not None and value > high):
-            allowed = f">= {low}" if high is None else f"in {low}..{high}"
-            raise argparse.ArgumentTypeError(f"{text}: must be {allowed}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0 (refuses inf, nan, 0 and negatives)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be a finite number > 0")
-    return value
-
-
-def _unit_interval(text: str) -> float:
-    """An argparse type: a number strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text}: must be strictly between 0 and 1")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be a finite number >= 0")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
@@ -148,17 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch, lr and steps: 'paper' (8 GPUs x 4, lr 1.44e-4, 700K/400K/70K/100K steps) or "
         "'released' (the public configs: 4 GPUs, batch 3/2/2, their epochs as steps)",
     )
-    p.add_argument("--steps", type=_int_in(1), default=None, help="total steps (default: the recipe's)")
+    p.add_argument("--steps", type=int_range(1), default=None, help="total steps (default: the recipe's)")
     p.add_argument(
         "--lq-steps",
-        type=_int_in(1),
+        type=int_range(1),
         default=None,
         help="codebook stage: steps of the LQ branch (default: the recipe's, or --steps when given)",
     )
-    p.add_argument("--batch-size", type=_int_in(1), default=None, help="per process (default: the recipe's)")
+    p.add_argument(
+        "--batch-size", type=int_range(1), default=None, help="per process (default: the recipe's)"
+    )
     p.add_argument(
         "--base-lr",
-        type=_positive_float,
+        type=float_range(0, open_min=True),
         default=None,
         help="lr = base-lr x batch x processes (default: the recipe's 4.5e-6)",
     )
@@ -198,13 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--quality-threshold",
-        type=_unit_interval,
+        type=float_range(0, 1, open_min=True, open_max=True),
         default=None,
         help="iqp stages: S_thr, faces scoring above it teach the HQ+ codebook (default 0.8)",
     )
     p.add_argument(
         "--quality-weight",
-        type=_non_negative_float,
+        type=float_range(0),
         default=None,
         help="iqp-fusion: weight of the discrete-code quality loss (default 1; 0 turns it off)",
     )
@@ -216,19 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="mixed precision on CUDA; codes, targets and losses stay fp32",
     )
     p.add_argument(
-        "--seed", type=_int_in(0, MAX_SEED), default=0, help="seed of weights, data order and degradations"
+        "--seed", type=int_range(0, MAX_SEED), default=0, help="seed of weights, data order and degradations"
     )
     p.add_argument(
         "--disc-start",
-        type=_int_in(0),
+        type=int_range(0),
         default=None,
         help="step at which the GAN loss starts (stage default)",
     )
     p.add_argument("--impl", choices=("torch", "triton"), default="torch", help="nearest-code search")
-    p.add_argument("--num-workers", type=_int_in(0, MAX_WORKERS), default=4, help="data loader processes")
-    p.add_argument("--log-every", type=_int_in(1), default=50, help="log a summary line every N steps")
+    p.add_argument("--num-workers", type=int_range(0, MAX_WORKERS), default=4, help="data loader processes")
+    p.add_argument("--log-every", type=int_range(1), default=50, help="log a summary line every N steps")
     p.add_argument(
-        "--save-every", type=_int_in(1), default=5000, help="checkpoint every N steps (and at the end)"
+        "--save-every", type=int_range(1), default=5000, help="checkpoint every N steps (and at the end)"
     )
     verbosity = p.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
