@@ -21,6 +21,7 @@ import torch
 
 from daefr import DAEFR, DAEFRConfig
 from daefr.atomic import write_report
+from daefr.cli.common import float_range, int_range
 from daefr.cli.train import main as train_main
 from daefr.quality.checkpoint import load_conditioned_model
 from daefr.quality.demo_data import held_out_degraded, write_training_faces
@@ -157,11 +158,13 @@ def text(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="OUT.json and OUT.txt are written")
-    p.add_argument("--codebook-steps", type=int, default=20)
-    p.add_argument("--fusion-steps", type=int, default=60)
-    p.add_argument("--threshold", type=float, default=0.6)
-    p.add_argument("--base-lr", type=float, default=2e-4)
-    p.add_argument("--daefr-steps", type=int, default=0, help="train a tiny DAEFR first (0: seeded random)")
+    p.add_argument("--codebook-steps", type=int_range(1), default=20)
+    p.add_argument("--fusion-steps", type=int_range(1), default=60)
+    p.add_argument("--threshold", type=float_range(0, 1, open_min=True, open_max=True), default=0.6)
+    p.add_argument("--base-lr", type=float_range(0, 1, open_min=True), default=2e-4)
+    p.add_argument(
+        "--daefr-steps", type=int_range(0), default=0, help="train a tiny DAEFR first (0: seeded random)"
+    )
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         report = run(

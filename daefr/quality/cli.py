@@ -13,7 +13,7 @@ import math
 import torch
 
 from daefr.checkpoint import read_state_dict
-from daefr.cli.common import UsageError
+from daefr.cli.common import UsageError, check_device
 from daefr.model import DAEFR
 from daefr.quality.checkpoint import model_from_state
 
@@ -40,22 +40,14 @@ def add_quality_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UsageError(f"--device {name!r}: {err}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available on this machine")
-    return device
-
-
 def build_model_with_quality(args: argparse.Namespace, build_plain) -> DAEFR:
     """The model of ``--ckpt`` (plain or conditioned) or ``build_plain(args)`` for other weights;
     UsageError when ``--quality`` is given for a model that has no quality condition."""
     if args.ckpt:
         state = read_state_dict(args.ckpt)
-        model = model_from_state(state, args.preset, args.impl, _device(args.device), source=str(args.ckpt))
+        model = model_from_state(
+            state, args.preset, args.impl, check_device(args.device), source=str(args.ckpt)
+        )
     else:
         model = build_plain(args)
     if args.quality is not None and model.config.quality is None:

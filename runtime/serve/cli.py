@@ -15,7 +15,15 @@ import threading
 from pathlib import Path
 
 from daefr.checkpoint import CheckpointError
-from daefr.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, add_logging_flags, setup_logging
+from daefr.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    add_logging_flags,
+    float_range,
+    setup_logging,
+)
 from daefr.runtime.backends import BackendError, BackendUnavailable, Restorer
 from daefr.runtime.cli_video import add_restorer_flags, build_restorer, check_restorer_flags
 from daefr.runtime.face.detector import DetectorUnavailable, RetinaFaceDetector
@@ -53,12 +61,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also serve daefr_frame: whole uint8 frames, faces restored in place",
     )
     parser.add_argument(
-        "--det-threshold", type=float, default=0.9, help="daefr_frame: face detection threshold"
+        "--det-threshold",
+        type=float_range(0, 1, open_min=True, open_max=True),
+        default=0.9,
+        help="daefr_frame: face detection threshold",
     )
     add_logging_flags(parser)
     args = parser.parse_args(argv)
-    if not 0 < args.det_threshold < 1:
-        parser.error("--det-threshold must be in (0, 1)")
     check_restorer_flags(parser, args)
     try:
         args.config = ServeConfig(
