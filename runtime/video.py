@@ -428,29 +428,47 @@ def restore_video(
     stats.fps = stats.frames / stats.wall_s if stats.wall_s > 0 else 0.0
     stats.latency_ms = latency_summary(pipe.latencies)
     stats.stage_s = pipe.stage_s
-    stats.video = {
-        "input": str(src),
-        "output": str(dst),
-        "width": info.width,
-        "height": info.height,
-        "rate": str(vstream_rate := output_rate(info)),
-        "fps_nominal": float(vstream_rate),
-        **info.to_dict(),
-        "output_pix_fmt": vstream.pix_fmt,
-        "audio_streams": len(audio),
-        "codec": options.codec,
-        "backend": restorer.name,
-        "device": str(restorer.device),
-        "resolution": restorer.resolution,
-        "batch_size": options.batch_size,
-        "smooth": options.smooth,
-        "detect_workers": options.detect_workers,
-    }
+    stats.video = video_report(
+        src, dst, info, options, describe_restorer(restorer), vstream.pix_fmt, len(audio)
+    )
     log.info(
         "%s: %d frames (%d with faces, %d faces) in %.1f s, %.1f frames/s",
         dst, stats.frames, stats.frames_with_faces, stats.faces, stats.wall_s, stats.fps,
     )  # fmt: skip
     return stats
+
+
+def describe_restorer(restorer: Restorer) -> dict[str, object]:
+    return {"backend": restorer.name, "device": str(restorer.device), "resolution": restorer.resolution}
+
+
+def video_report(
+    src: Path,
+    dst: Path,
+    info: VideoInfo,
+    options: VideoOptions,
+    restorer: dict[str, object],
+    output_pix_fmt: str,
+    audio_streams: int,
+) -> dict[str, object]:
+    """``VideoStats.video``: what was read and written, with what (``restorer``: describe_restorer)."""
+    rate = output_rate(info)
+    return {
+        "input": str(src),
+        "output": str(dst),
+        "width": info.width,
+        "height": info.height,
+        "rate": str(rate),
+        "fps_nominal": float(rate),
+        **info.to_dict(),
+        "output_pix_fmt": output_pix_fmt,
+        "audio_streams": audio_streams,
+        "codec": options.codec,
+        **restorer,
+        "batch_size": options.batch_size,
+        "smooth": options.smooth,
+        "detect_workers": options.detect_workers,
+    }
 
 
 def _close_output(out: av.container.OutputContainer, dst: Path, raise_errors: bool) -> None:
