@@ -30,6 +30,7 @@ import bisect
 import contextlib
 import heapq
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -63,6 +64,7 @@ from daefr.runtime.video_stages import (
     encode,
     frame_time,
     groups,
+    output_rate,
     paste,
     restore_frames,
     to_rgb,
@@ -128,6 +130,27 @@ class SegmentResult:
     stability: CodeStability
     restorer: dict[str, object] = field(default_factory=dict)
     wall_s: float = 0.0
+
+
+# AVI stores no presentation timestamps (B-frames reach it only by dts): parts cannot be joined.
+UNJOINABLE_SUFFIXES = (".avi",)
+
+
+def check_joinable(dst: Path) -> None:
+    """VideoError unless ``dst``'s container can take a join (after check_output_container)."""
+    if Path(dst).suffix.lower() in UNJOINABLE_SUFFIXES:
+        raise VideoError(
+            f"{dst}: segments cannot be joined into {Path(dst).suffix} (no presentation timestamps); "
+            "write .mp4 or .mkv, or run without --segments"
+        )
+
+
+def part_suffix(codec: str) -> str:
+    """The container of a part file for ``codec``: MOV where it takes the codec (it keeps the
+    encoder's time base and dts exactly), else Matroska (ffv1 and the like; millisecond
+    timestamps, as a Matroska output has anyway)."""
+    with av.open(os.devnull, "w", format="mov") as probe_out:
+        return ".mov" if codec in probe_out.supported_codecs else ".mkv"
 
 
 # -- plan -------------------------------------------------------------------------------------
@@ -336,6 +359,7 @@ def restore_segment(
         try:
             stream = add_video_stream(out, video, info, options)
             starts: dict[int, float] = {}
+            first_pts = segment.pts[0] if segment.pts is not None else 0
 
             def aligned():
                 for decoded in frames:
@@ -351,6 +375,9 @@ def restore_segment(
                     stability.update(restored.codes)
                     t0 = time.perf_counter()
                     pasted = paste(restored, stream.pix_fmt, info.rotation_k)
+                    # a part starts at 0 (a container's start offset may be rounded, MOV's edit
+                    # list to milliseconds); join_segments puts the input's timestamps back
+                    pasted.frame.pts -= first_pts
                     t1 = time.perf_counter()
                     encode(out, stream, pasted)
                     t2 = time.perf_counter()
@@ -389,24 +416,57 @@ def restore_segment(
 
 
 # -- join -------------------------------------------------------------------------------------
-def _part_packets(parts: list[SegmentResult], containers: list, stats: dict[str, int]) -> Iterator:
-    """The parts' video packets one part after another, dts kept increasing across the seams
-    (each part's encoder starts its dts below its first pts; raised by the least step that keeps
-    them ordered, never above a packet's pts)."""
+@dataclass(frozen=True)
+class _PartIndex:
+    """What the join needs from a part before copying it: its stream's time base and extradata
+    (equal across parts), and its frames' pts -> the input's pts (None: copied as they are)."""
+
+    time_base: object
+    extradata: bytes
+    start: int
+    shown: dict[int, int] | None
+
+
+def _index_part(part: SegmentResult) -> _PartIndex:
+    with _open_part(part.part) as container:
+        stream = container.streams.video[0]
+        pts = [p.pts for p in container.demux(stream) if p.size]
+        extradata = bytes(stream.codec_context.extradata or b"")
+        time_base = stream.time_base
+    if len(pts) != part.frames or any(p is None for p in pts):
+        raise VideoError(f"{part.part}: {len(pts)} video packets with timestamps for {part.frames} frames")
+    order = sorted(pts)
+    shown = None if part.segment.pts is None else dict(zip(order, part.segment.pts, strict=True))
+    return _PartIndex(time_base, extradata, order[0], shown)
+
+
+def _part_packets(parts: list[SegmentResult], index: list[_PartIndex], input_tb, stats: dict) -> Iterator:
+    """The parts' video packets one part after another, each frame at its input pts (a part
+    starts at 0, see restore_segment), dts kept increasing across the seams (each part's
+    encoder starts its dts below its first pts; raised by the least step that keeps them
+    ordered, never above a packet's pts)."""
     last_dts = None
-    for part, container in zip(parts, containers, strict=True):
-        for packet in container.demux(container.streams.video[0]):
-            if packet.size == 0:
-                continue
-            if last_dts is not None and packet.dts is not None and packet.dts <= last_dts:
-                if packet.pts is not None and last_dts + 1 > packet.pts:
-                    raise VideoError(
-                        f"{part.part}: its timestamps overlap the previous segment's; cannot join"
-                    )
-                packet.dts = last_dts + 1
-            last_dts = packet.dts if packet.dts is not None else last_dts
-            stats["video_packets"] += 1
-            yield packet
+    for part, idx in zip(parts, index, strict=True):
+        with _open_part(part.part) as container:
+            stream = container.streams.video[0]
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                if idx.shown is not None:
+                    pts = idx.shown[packet.pts]
+                    dts = pts
+                    if packet.dts is not None:
+                        dts = part.segment.pts[0] + round((packet.dts - idx.start) * idx.time_base / input_tb)
+                    packet.time_base, packet.pts, packet.dts = input_tb, pts, min(dts, pts)
+                if last_dts is not None and packet.dts is not None and packet.dts <= last_dts:
+                    if packet.pts is not None and last_dts + 1 > packet.pts:
+                        raise VideoError(
+                            f"{part.part}: its timestamps overlap the previous segment's; cannot join"
+                        )
+                    packet.dts = last_dts + 1
+                last_dts = packet.dts if packet.dts is not None else last_dts
+                stats["video_packets"] += 1
+                yield packet
 
 
 def _audio_packets(container, audio: list, end_s: float | None) -> Iterator:
@@ -434,6 +494,7 @@ def join_segments(
     src, dst = Path(src), Path(dst)
     options = options or VideoOptions()
     check_output_container(dst)
+    check_joinable(dst)
     if not parts:
         raise ValueError("join_segments: no parts")
     parts = sorted(parts, key=lambda p: p.segment.index)
@@ -451,18 +512,16 @@ def join_segments(
     container, _, audio = open_input(src)
     with contextlib.ExitStack() as stack:
         stack.callback(container.close)
-        part_containers = [stack.enter_context(_open_part(p.part)) for p in parts]
-        first = part_containers[0].streams.video[0]
-        for p, c in zip(parts[1:], part_containers[1:], strict=True):
-            v = c.streams.video[0]
-            if v.time_base != first.time_base or bytes(v.codec_context.extradata or b"") != bytes(
-                first.codec_context.extradata or b""
-            ):
+        index = [_index_part(p) for p in parts]
+        for p, idx in zip(parts[1:], index[1:], strict=True):
+            if idx.time_base != index[0].time_base or idx.extradata != index[0].extradata:
                 raise VideoError(f"{p.part}: encoded differently from the first part; cannot join")
+        first = stack.enter_context(_open_part(parts[0].part)).streams.video[0]
+        input_tb = _input_time_base(src)
         end_s = None  # cut at --max-frames: the audio stops with the last frame, as in restore_video
         last = parts[-1].segment
         if options.max_frames is not None and last.stop >= options.max_frames and last.pts:
-            end_s = float(last.pts[-1] * _input_time_base(src))
+            end_s = float(last.pts[-1] * input_tb)
         with atomic_path(dst) as tmp:
             try:
                 out = av.open(str(tmp), "w")
@@ -471,8 +530,9 @@ def join_segments(
             ok = False
             try:
                 vstream = out.add_stream_from_template(first)
+                vstream.codec_context.framerate = output_rate(info)  # as restore_video declares it
                 audio_map = {a.index: out.add_stream_from_template(a) for a in audio}
-                video_packets = _part_packets(parts, part_containers, counts)
+                video_packets = _part_packets(parts, index, input_tb, counts)
                 audio_packets = _audio_packets(container, audio, end_s)
                 for packet in heapq.merge(video_packets, audio_packets, key=_time_key):
                     packet.stream = (
@@ -561,6 +621,7 @@ def restore_video_segmented(
     src, dst = Path(src), Path(dst)
     options = options or VideoOptions()
     check_output_container(dst)
+    check_joinable(dst)
     if dst.resolve() == src.resolve():
         raise VideoError(f"{dst}: the output would overwrite the input; choose another path")
     info = probe(src)
@@ -569,6 +630,7 @@ def restore_video_segmented(
     pts, _, tb, end_s = _video_packets(src)
     check_complete(src, info, len(pts), end_s, options.max_frames)  # a truncated input fails first
     faces = smooth_landmarks([detect_segment(src, s, detector, options) for s in plan], options)
+    suffix = part_suffix(options.codec)
     with tempfile.TemporaryDirectory(prefix=f".{dst.stem}.segments-", dir=dst.parent) as workdir:
         results = [
             restore_segment(
@@ -576,7 +638,7 @@ def restore_video_segmented(
                 f.segment,
                 f,
                 restorer,
-                Path(workdir) / f"part{f.segment.index:05d}{dst.suffix}",
+                Path(workdir) / f"part{f.segment.index:05d}{suffix}",
                 options,
                 progress,
             )

@@ -254,3 +254,23 @@ def test_cli_segments_flag(gop_clip, tmp_path, tiny_onnx):
         with pytest.raises(SystemExit) as info:
             main([str(gop_clip), "-o", str(tmp_path / "o.mp4"), *ort, "--segments", bad])
         assert info.value.code == 2
+
+
+@pytest.mark.parametrize(("suffix", "codec"), [(".mp4", "libx264"), (".mkv", "libx264"), (".ts", "libx264")])
+def test_ntsc_timestamps_survive_the_join_in_each_container(tmp_path, restorer, detector, suffix, codec):
+    """30000/1001 fps: a part's start offset would be rounded by its muxer (MOV's edit list in
+    milliseconds); the join stamps every frame with its input pts instead."""
+    clip = write_clip(tmp_path / "ntsc.mp4", synthetic_frames(12, 128, 96), fps=Fraction(30000, 1001), gop=4)
+    options = VideoOptions(codec=codec)
+    restore_video(clip, tmp_path / f"a{suffix}", restorer, detector, options)
+    stats = seg.restore_video_segmented(clip, tmp_path / f"b{suffix}", restorer, detector, options, 3)
+    a, b = read(tmp_path / f"a{suffix}"), read(tmp_path / f"b{suffix}")
+    assert stats.video["segments"] == 3
+    assert b["pts_s"] == a["pts_s"] and (b["rate"], b["tb"]) == (a["rate"], a["tb"])
+    assert b["audio"] == a["audio"]
+
+
+def test_avi_output_is_refused_with_a_reason(gop_clip, tmp_path, restorer, detector):
+    with pytest.raises(VideoError, match="cannot be joined into .avi"):
+        seg.restore_video_segmented(gop_clip, tmp_path / "o.avi", restorer, detector, VideoOptions(), 3)
+    assert list(tmp_path.iterdir()) == []
