@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from tolerances import SEGMENTED_VS_REENCODE
 
+from daefr.runtime import segment_join
 from daefr.runtime import segments as seg
 from daefr.runtime import video as video_mod
 from daefr.runtime.clips import synthetic_frames, write_clip
@@ -208,7 +209,7 @@ def test_a_failed_join_leaves_no_output_and_no_parts(gop_clip, tmp_path, restore
         yield from ()
         raise VideoError("boom")
 
-    monkeypatch.setattr(seg, "_audio_packets", broken)
+    monkeypatch.setattr(segment_join, "_audio_packets", broken)
     with pytest.raises(VideoError, match="boom"):
         seg.restore_video_segmented(gop_clip, tmp_path / "o.mp4", restorer, detector, VideoOptions(), 3)
     assert list(tmp_path.iterdir()) == []
