@@ -275,3 +275,33 @@ def test_avi_output_is_refused_with_a_reason(gop_clip, tmp_path, restorer, detec
     with pytest.raises(VideoError, match="cannot be joined into .avi"):
         seg.restore_video_segmented(gop_clip, tmp_path / "o.avi", restorer, detector, VideoOptions(), 3)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_max_frames_stops_the_segmented_run_like_the_single_process_one(
+    gop_clip, tmp_path, restorer, detector
+):
+    options = VideoOptions(max_frames=11)
+    restore_video(gop_clip, tmp_path / "a.mp4", restorer, detector, options)
+    stats = seg.restore_video_segmented(gop_clip, tmp_path / "b.mp4", restorer, detector, options, 3)
+    a, b, src = read(tmp_path / "a.mp4"), read(tmp_path / "b.mp4"), read(gop_clip)
+    assert stats.frames == len(b["rgb"]) == 11 and b["pts_s"] == a["pts_s"] == src["pts_s"][:11]
+    assert stats.video["segments"] == 2  # keyframes at 0 and 8 within the first 11 frames
+    assert b["audio"] == src["audio"][: len(b["audio"])] and len(b["audio"]) < len(src["audio"])
+
+
+def test_a_stream_without_usable_timestamps_runs_as_one_segment(
+    gop_clip, tmp_path, restorer, detector, monkeypatch
+):
+    real = seg._video_packets
+
+    def no_pts(src):
+        pts, keys, tb, end = real(src)
+        return [None] * len(pts), keys, tb, end
+
+    monkeypatch.setattr(seg, "_video_packets", no_pts)
+    plan = seg.plan_segments(gop_clip, 3)
+    assert len(plan) == 1 and plan[0].pts is None and plan[0].stop == N_FRAMES
+    out = tmp_path / "one.mp4"
+    stats = seg.restore_video_segmented(gop_clip, out, restorer, detector, VideoOptions(), 3)
+    got, src = read(out), read(gop_clip)
+    assert stats.frames == N_FRAMES and got["pts_s"] == src["pts_s"] and got["audio"] == src["audio"]
