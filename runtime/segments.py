@@ -186,16 +186,19 @@ def plan_segments(
 ) -> list[Segment]:
     """At most ``max_segments`` segments covering every frame once (of the first ``max_frames``
     if given), split at clean keyframes (demuxed packets, no decoding), each of at least
-    ``min_frames`` frames; fewer where the clip has fewer such keyframes."""
+    ``min_frames`` frames; fewer where the clip has fewer such keyframes. VideoError for an
+    unreadable or truncated input (fewer packets than its header promises)."""
     src = Path(src)
     for name, value in (("max_segments", max_segments), ("min_frames", min_frames)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"plan_segments: {name}={value!r}; must be an integer >= 1")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"plan_segments: max_frames={max_frames!r}; must be >= 1 or None")
-    pts, keys, _, _ = _video_packets(src)
+    info = probe(src)
+    pts, keys, _, end_s = _video_packets(src)
     if not pts:
         raise VideoError(f"{src}: no video packet could be read (corrupt or empty file)")
+    check_complete(src, info, len(pts), end_s, max_frames)  # a truncated input fails before any work
     if any(p is None for p in pts) or len(set(pts)) != len(pts):
         log.info("%s: video packets without distinct timestamps; not split", src)
         total = min(len(pts), max_frames) if max_frames else len(pts)
@@ -400,11 +403,8 @@ def restore_video_segmented(
     check_joinable(dst)
     if dst.resolve() == src.resolve():
         raise VideoError(f"{dst}: the output would overwrite the input; choose another path")
-    info = probe(src)
     t_start = time.perf_counter()
     plan = plan_segments(src, max_segments, min_frames, options.max_frames)
-    pts, _, tb, end_s = _video_packets(src)
-    check_complete(src, info, len(pts), end_s, options.max_frames)  # a truncated input fails first
     faces = smooth_landmarks([detect_segment(src, s, detector, options) for s in plan], options)
     suffix = part_suffix(options.codec)
     with tempfile.TemporaryDirectory(prefix=f".{dst.stem}.segments-", dir=dst.parent) as workdir:
