@@ -216,10 +216,12 @@ def plan_segments(
 
 
 # -- decode one segment -----------------------------------------------------------------------
-def _segment_frames(src: Path, container, video, segment: Segment) -> Iterator[DecodedFrame]:
+def _segment_frames(
+    src: Path, container, video, decoder: Decoder, segment: Segment
+) -> Iterator[DecodedFrame]:
     """The output frames of ``segment`` with their global index; context frames dropped."""
     if segment.pts is None:  # unsplittable: every frame, counted as decoded
-        yield from Decoder(src, container, video, (), segment.stop)
+        yield from decoder
         return
     if segment.decode_from > 0:
         try:
@@ -227,7 +229,7 @@ def _segment_frames(src: Path, container, video, segment: Segment) -> Iterator[D
         except av.error.FFmpegError as err:
             raise VideoError(f"{src}: cannot seek to segment {segment.index} ({err})") from err
     produced = 0
-    for decoded in Decoder(src, container, video):
+    for decoded in decoder:
         pts = decoded.frame.pts
         if pts is not None and pts < segment.pts[0]:
             continue  # context before the segment's first frame
@@ -248,10 +250,12 @@ def _segment_frames(src: Path, container, video, segment: Segment) -> Iterator[D
 
 @contextlib.contextmanager
 def _frames(src: Path, segment: Segment):
+    """(the video stream, the segment's frames, their decoder: ``busy_s``)."""
     container, video, _ = open_input(src)
-    frames = _segment_frames(src, container, video, segment)
+    decoder = Decoder(src, container, video, (), segment.stop if segment.pts is None else None)
+    frames = _segment_frames(src, container, video, decoder, segment)
     try:
-        yield video, frames
+        yield video, frames, decoder
     finally:
         frames.close()
         container.close()
@@ -266,7 +270,7 @@ def detect_segment(
     rotation_k = probe(src).rotation_k
     times, faces = [], []
     t0 = time.perf_counter()
-    with _frames(src, segment) as (_, frames):
+    with _frames(src, segment) as (_, frames, _decoder):
         for decoded in frames:
             times.append(frame_time(decoded))
             faces.append(tuple(detect(decoded, detector, rotation_k, src).faces))
@@ -320,7 +324,7 @@ def restore_segment(
     latencies: list[float] = []
     counts = {"frames": 0, "with_faces": 0, "faces": 0}
     t_start = time.perf_counter()
-    with _frames(src, segment) as (video, frames), atomic_path(part_path) as tmp:
+    with _frames(src, segment) as (video, frames, decoder), atomic_path(part_path) as tmp:
         try:
             out = av.open(str(tmp), "w")
         except (av.error.FFmpegError, ValueError) as err:
@@ -368,7 +372,7 @@ def restore_segment(
             with contextlib.suppress(av.error.FFmpegError):
                 out.close()
             raise
-    stage_s["restore"] = counter.busy_s
+    stage_s["restore"], stage_s["decode"] = counter.busy_s, decoder.busy_s
     return SegmentResult(
         segment=segment,
         part=part_path,
