@@ -400,7 +400,9 @@ def restore_video_segmented(
     min_frames: int = 1,
 ) -> VideoStats:
     """restore_video through the segment path, in this process: plan, detect each segment,
-    smooth, restore each into a part file (next to ``dst``, removed after), join."""
+    smooth, restore each into a part file (next to ``dst``, removed after), join. The stages
+    run one after another per segment (``options.detect_workers`` is not used; parallelism is
+    the segments', see runtime/ray_*.py)."""
     src, dst = Path(src), Path(dst)
     options = options or VideoOptions()
     check_output_container(dst)
