@@ -344,6 +344,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    if args.train_faces < args.batch_size:
+        p.error(f"--train-faces {args.train_faces} cannot fill one batch of --batch-size {args.batch_size}")
     if args.out.exists() and not args.out.is_dir():
         p.error(f"--out {args.out}: exists and is not a folder; pass a folder path")
     if args.out.exists() and not args.force:

@@ -31,6 +31,10 @@ def script():
         (["--held-out", "0"], "argument --held-out: 0: must be >= 1"),
         (["--threads", "0"], "argument --threads: 0: must be >= 1"),
         (["--steps", "5"], "unrecognized arguments: --steps 5"),
+        (
+            ["--train-faces", "3", "--batch-size", "4"],
+            "--train-faces 3 cannot fill one batch of --batch-size 4",
+        ),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(script, tmp_path, capsys, flags, message):
@@ -77,3 +81,34 @@ def test_force_never_replaces_a_folder_that_is_not_an_asset(script, tmp_path, ca
     assert info.value.code == 2
     assert "not an asset folder made by this script" in capsys.readouterr().err
     assert (out / "code.py").read_text() == "precious"
+
+
+def test_force_replaces_an_asset_whole_with_what_it_says(script, tmp_path, capsys):
+    """One step per stage (about 10 s): the folder is replaced whole, the JSON describes it."""
+    import hashlib
+    import json
+
+    from daefr.checkpoint import load_model
+
+    out = tmp_path / "asset"
+    out.mkdir()
+    (out / "asset.json").write_text("{}")
+    (out / "stale.txt").write_text("from the previous asset")
+    argv = ["--out", str(out), "--force", "--codebook-steps", "1", "--association-steps", "1",
+            "--fusion-steps", "1", "--train-faces", "4", "--held-out", "2", "--seed", "3", "-q"]  # fmt: skip
+    assert script.main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "asset.json",
+        "daefr_tiny.safetensors",
+        "held_out",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["asset"]  # no staging or backup folder left
+    meta = json.loads((out / "asset.json").read_text())
+    assert meta["sha256"] == hashlib.sha256((out / "daefr_tiny.safetensors").read_bytes()).hexdigest()
+    assert meta["seed"] == 3 and meta["steps"] == {"codebook": 1, "association": 1, "fusion": 1}
+    assert meta["command"].endswith(" ".join(argv)) and meta["torch"] and meta["cpu"]["model"]
+    assert len(meta["data"]["held_out_faces"]) == 2 == len(list((out / "held_out").glob("*.png")))
+    assert meta["margins"]["trained"]["tokens"] == 2 * 256
+    load_model(out / "daefr_tiny.safetensors", "tiny")  # strict: all inference keys
+    assert "median ratio trained / random" in capsys.readouterr().out
