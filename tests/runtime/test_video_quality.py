@@ -17,7 +17,9 @@ BASE = ["--preset", "tiny", "--device", "cpu", "-q", "--max-frames", "3"]
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("clips") / "in.mkv"
-    return write_clip(path, synthetic_frames(3, 256, 192, no_face=()), fps=25, codec="ffv1", audio_codec="flac")
+    return write_clip(
+        path, synthetic_frames(3, 256, 192, no_face=()), fps=25, codec="ffv1", audio_codec="flac"
+    )
 
 
 def frames(path: Path) -> list[np.ndarray]:
