@@ -65,3 +65,18 @@ def test_served_restorer_runs_at_the_given_quality(iqp_checkpoints, tmp_path: Pa
         assert torch.equal(code_idx, want.code_idx)
         codes[s] = code_idx
     assert not torch.equal(codes[0.0], codes[1.0])
+
+
+def test_serve_bench_starts_its_server_at_the_same_quality(iqp_checkpoints):
+    import argparse
+
+    from daefr.runtime.serve.bench import add_serve_parser, check_serve_args, server_argv
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    serve = add_serve_parser(sub)
+    argv = ["serve", *BASE, "--ckpt", str(iqp_checkpoints["conditioned"])]
+    args = check_serve_args(serve, parser.parse_args([*argv, "--quality", "0.25"]))
+    flags = server_argv(args)
+    assert flags[flags.index("--quality") + 1] == "0.25"
+    assert "--quality" not in server_argv(check_serve_args(serve, parser.parse_args(argv)))
