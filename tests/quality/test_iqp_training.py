@@ -139,13 +139,14 @@ def test_different_quality_gives_different_codes_and_fixed_quality_is_determinis
 
 @pytest.mark.xfail(
     strict=False,
-    reason="measured: the sign of the margin depends on the seed. Two causes were found and "
-    "fixed (iqp_fusion's docstring): S was the clean image's score, which on this random "
-    "decoder correlates at -0.44 with what its target codes decode to; and quality_range "
-    "mixed in iqp-codebook's image scores. After them, 16 steps gave +0.039 (this seed), "
-    "+0.059, -0.013, +0.097 over 4 seeds; 32 steps +/- on 3 of 6; without L_quality 1 of 4 "
-    "positive. Code changes alone move BRISQUE of a random decoder by ~0.05, as much as the "
-    "effect: a real margin needs a trained decoder (reports/cpu/iqp_tiny.txt) or far more steps",
+    reason="measured: at this test's 16 steps the sign of the margin depends on the seed. Two "
+    "causes were found and fixed (iqp_fusion's docstring): S was the clean image's score, which "
+    "on this random decoder correlates at -0.44 with what its target codes decode to; and "
+    "quality_range mixed in iqp-codebook's image scores. After them, high-S minus low-S BRISQUE "
+    "score over seeds: 16 steps +0.039 (this seed), +0.059, -0.013, +0.097; 32 steps 3 of 6 "
+    "positive; 64 steps 3 of 4; 128 steps 5 of 5 (+0.016 this seed, +0.022, +0.061, +0.143, "
+    "+0.049), but 128 steps take 30-115 s on the shared 2 cores, over this test's budget; "
+    "without L_quality 1 of 4 positive",
 )
 def test_score_at_high_quality_beats_low_quality_on_held_out_faces(model: DAEFR) -> None:
     lo, hi = (float(v) for v in model.iqp.quality_range)
