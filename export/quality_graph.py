@@ -6,7 +6,8 @@
 The same steps as the other graphs (``onnx_export``): eval -> trace with a dynamic batch ->
 full checker -> strict shape inference -> atomic file; parity on ONNX Runtime: the codes must
 equal eager's for every S tried (the conditioning is a per-sample FiLM, so S may differ
-within a batch). Outside [0, 1] the graph computes something but the eager model refuses it:
+within a batch). ``build_quality_engine`` makes its TensorRT engine, whose one profile gives
+``quality`` (B,) the same min/opt/max batch as ``fused_feat``. Outside [0, 1] the graph computes something but the eager model refuses it:
 the range is checked by the caller, as for ``lq_image``.
 """
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from daefr.atomic import atomic_path
 from daefr.export.graphs import CODE_IDX_DTYPE, GraphSpec
+from daefr.export.manifest import sha256_file
 from daefr.export.onnx_export import DEFAULT_OPSET, EXPORT_BATCH, ExportError, _trace, check_opset
 from daefr.export.parity import OnnxRunner
 from daefr.model import DAEFR
@@ -99,3 +101,19 @@ def quality_parity(
         same = [np.asarray(got[n]) == w for n, w in zip(SPEC.outputs, want, strict=True)]
         agreement[float(s)] = float(np.concatenate([m.ravel() for m in same]).mean())
     return agreement
+
+
+def build_quality_engine(
+    model: DAEFR,
+    out_dir: str | Path,
+    opt_batch: int,
+    max_batch: int,
+    timing_cache: Path | None = None,
+):  # -> trt_build.EngineResult (TensorRT imported lazily, inside build_engine)
+    """Export ``transformer_quality`` into ``out_dir`` and build (or reuse) its fp32 engine:
+    batch profile 1 / ``opt_batch`` / ``max_batch`` on both inputs."""
+    from daefr.export.trt_build import EngineSpec, build_engine
+
+    path = export_quality_transformer(model, Path(out_dir) / f"{SPEC.name}.onnx")
+    spec = EngineSpec(SPEC.name, sha256_file(path), 1, opt_batch, max_batch, fp16=False, plugins=False)
+    return build_engine(path, spec, Path(out_dir), timing_cache)

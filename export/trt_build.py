@@ -213,12 +213,8 @@ def build_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_bytes)
     profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        rest = tuple(tensor.shape)[1:]
-        profile.set_shape(
-            tensor.name, (spec.min_batch, *rest), (spec.opt_batch, *rest), (spec.max_batch, *rest)
-        )
+    for name, (lo, opt, hi) in profile_shapes(network, spec, onnx_path).items():
+        profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
     attach_timing_cache(config, timing_cache)
     monitor = _progress_monitor(trt)
@@ -233,6 +229,28 @@ def build_engine(
     if used_cache is not None:
         atomic_write_bytes(timing_cache, bytes(used_cache.serialize()))
     return EngineResult(path, key, False, time.perf_counter() - start)
+
+
+Shape = tuple[int, ...]
+
+
+def profile_shapes(network: Any, spec: EngineSpec, onnx_path: Path) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """{input name: (min, opt, max) shape}: every input's batch axis (dim 0, dynamic in the
+    ONNX) runs over the spec's min/opt/max, the other dims are the ONNX's own. Holds for any
+    rank: ``lq_image`` (B, 3, R, R), and the conditioned graph's ``quality`` (B,) next to its
+    ``fused_feat`` (B, D, r, r), so every input of one engine takes the same batch."""
+    shapes: dict[str, tuple[Shape, Shape, Shape]] = {}
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        dims = tuple(int(d) for d in tensor.shape)
+        if not dims or dims[0] != -1 or any(d < 1 for d in dims[1:]):
+            raise EngineBuildError(
+                f"{onnx_path}: input {tensor.name} has shape {dims}; an engine needs a dynamic batch "
+                "axis first and fixed other dims (re-export with daefr-export)"
+            )
+        rest = dims[1:]
+        shapes[tensor.name] = tuple((b, *rest) for b in (spec.min_batch, spec.opt_batch, spec.max_batch))
+    return shapes
 
 
 def attach_timing_cache(config: Any, timing_cache: Path | None) -> bool:

@@ -31,7 +31,9 @@ from daefr.cli.common import (
 )
 from daefr.cli.plan_flags import add_plan_flags, plan_from_args, sources_from_args
 from daefr.image_io import is_regular_file
+from daefr.model import DAEFR
 from daefr.outputs import OutputError, check_distinct
+from daefr.quality.cli import add_quality_flag, plan_with_quality
 from daefr.runtime.auto import check_sources
 from daefr.runtime.backends import BackendError, BackendUnavailable, Restorer
 from daefr.runtime.face.detector import DetectorUnavailable, RetinaFaceDetector
@@ -82,12 +84,17 @@ def check_restorer_flags(parser: argparse.ArgumentParser, args: argparse.Namespa
 
 
 def build_restorer(
-    args: argparse.Namespace, plan: PrecisionPlan, workdir: Path, expected_faces: int | None = None
+    args: argparse.Namespace,
+    plan: PrecisionPlan,
+    workdir: Path,
+    expected_faces: int | None = None,
+    model: DAEFR | None = None,
 ) -> tuple[Restorer, PrecisionPlan]:
     """(the restorer ``plan`` names, the plan with auto resolved); ``workdir`` holds an ONNX
-    exported on the fly. ``expected_faces`` (None: unknown) lets auto weigh an export's cost."""
+    exported on the fly. ``expected_faces`` (None: unknown) lets auto weigh an export's cost;
+    ``model``: one already built (``plan_with_quality``), else built from the flags if needed."""
     sources = replace(sources_from_args(args), expected_faces=expected_faces)
-    return open_restorer(plan, sources, lambda: build_model(args), workdir)
+    return open_restorer(plan, sources, lambda: model if model is not None else build_model(args), workdir)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -101,6 +108,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "-o", "--output", type=Path, required=True, help="output video (container from the suffix)"
     )
     add_restorer_flags(parser)
+    add_quality_flag(parser)
     parser.add_argument("--batch-size", type=int, default=4, help="faces per restore call, across frames")
     parser.add_argument("--smooth", action="store_true", help="smooth landmarks across frames (less jitter)")
     parser.add_argument("--max-frames", type=int, help="stop after this many frames")
@@ -176,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="daefr-video-") as workdir:
             # One face per frame at least where faces are (frames without any cost no network time).
             faces = min(total, args.max_frames) if (total and args.max_frames) else total or None
-            restorer, plan = build_restorer(args, args.plan, Path(workdir), faces)
+            plan, model = plan_with_quality(args, args.plan)
+            restorer, plan = build_restorer(args, plan, Path(workdir), faces, model)
     except (BackendUnavailable, DetectorUnavailable, CheckpointError, UsageError, PlanError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -136,11 +136,13 @@ def text(report: dict) -> str:
         f"S_thr {s['threshold']}, {s['training_faces']} training faces; seconds {report['seconds']}",
         f"trained S range: {report['trained_quality_range'][0]:.4f} .. {report['trained_quality_range'][1]:.4f}",
         "",
-        "training curve (iqp-fusion): step  loss  ce  ce_plus  sampled_score  best_of_4",
+        "training curve (iqp-fusion): step  loss  ce  ce_plus  condition_S  sampled_score  best_of_4",
+        "(condition_S: the batch's mean condition, the NR-IQA score of its decoded target codes)",
     ]
     for r in report["curves"]["iqp-fusion"]:
         lines.append(
             f"  {r['step']:4d}  {r['loss']:.3f}  {r['ce']:.3f}  {r['ce_plus']:.3f}  "
+            f"{r.get('target_score', float('nan')):.3f}  "
             f"{r.get('sampled_score', float('nan')):.3f}  {r.get('sampled_best', float('nan')):.3f}"
         )
     lines += [

@@ -66,3 +66,23 @@ def tiny_model() -> DAEFR:
 def tiny_input() -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     return torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
+
+
+@pytest.fixture(scope="session")
+def iqp_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{"plain": a seeded tiny DAEFR state_dict, "conditioned": a seeded tiny IQPFR one
+    (S_thr 0.6, trained range [0.3, 0.9]; random FiLM, so S changes the codes)}: for the CLIs'
+    ``--quality`` tests, which need a checkpoint of each kind, not a trained one."""
+    from daefr.config import QualityConfig
+
+    root = tmp_path_factory.mktemp("iqp-ckpts")
+    plain = seed_model_(DAEFR(DAEFRConfig.from_name("tiny")), salt="plain-cli")
+    cfg = DAEFRConfig.from_name("tiny", quality=QualityConfig(hq_plus_size=64, threshold=0.6))
+    conditioned = seed_model_(DAEFR(cfg), salt="iqp-cli")
+    with torch.no_grad():
+        conditioned.iqp.threshold.fill_(0.6)
+        conditioned.iqp.quality_range.copy_(torch.tensor([0.3, 0.9]))
+    paths = {"plain": root / "plain.pt", "conditioned": root / "iqpfr.pt"}
+    torch.save(plain.state_dict(), paths["plain"])
+    torch.save(conditioned.state_dict(), paths["conditioned"])
+    return paths

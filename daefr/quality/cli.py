@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import replace
 
 import torch
 
 from daefr.checkpoint import read_state_dict
-from daefr.cli.common import UsageError, check_device
+from daefr.cli.common import UsageError, build_model, check_device
 from daefr.model import DAEFR
 from daefr.quality.checkpoint import model_from_state
+from daefr.runtime.plan import PrecisionPlan
 
 
 def quality_value(text: str) -> float:
@@ -66,3 +68,28 @@ def quality_tensor(
     if model.config.quality is None or quality is None:
         return None
     return torch.full((batch,), quality, dtype=torch.float32, device=device)
+
+
+def plan_with_quality(args: argparse.Namespace, plan: PrecisionPlan) -> tuple[PrecisionPlan, DAEFR | None]:
+    """(the plan, the model or None to build it lazily) for the weight flags and ``--quality``.
+
+    An IQPFR-conditioned ``--ckpt`` runs on the torch backend at ``--quality`` (no exported
+    end-to-end graph carries the quality input, so another backend would silently drop it:
+    a named other backend is a UsageError). ``--quality`` with anything but a conditioned
+    checkpoint is a UsageError. The same rules as daefr-restore's, for daefr-video and
+    daefr-serve (whose torch backend calls ``model(image)``: ``iqp.run_quality`` carries S).
+    """
+    if not (args.ckpt or args.random_weights):
+        if args.quality is not None:
+            raise UsageError("--quality needs --ckpt with an IQPFR checkpoint (iqpfr.pt)")
+        return plan, None
+    model = build_model_with_quality(args, build_model)
+    if model.config.quality is None:
+        return plan, model
+    if plan.backend not in ("auto", "torch"):
+        raise UsageError(
+            f"--backend {plan.backend}: an IQPFR-conditioned checkpoint runs on the torch backend only "
+            "(no exported graph carries its quality input yet)"
+        )
+    model.iqp.run_quality = args.quality
+    return replace(plan, backend="torch"), model

@@ -113,7 +113,10 @@ class IQPStage:
         state = payload["models"]["daefr"]
         if any(k.startswith(IQP_PREFIX) for k in state):
             load_weights_into(self.model, state, source=f"{stage} checkpoint")
-            self._range_started = True
+            # The range is of the conditions this stage trains on: continuing the same stage
+            # widens it; iqp-fusion after iqp-codebook starts it afresh (the codebook stage's
+            # range is of image scores, not of the fusion stage's conditions).
+            self._range_started = stage == self.cfg.stage
         else:
             self.init_from_official(state, source=f"{stage} checkpoint")
         self._initialised = True

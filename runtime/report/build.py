@@ -17,8 +17,10 @@ import torch
 
 from daefr.model import DAEFR
 from daefr.precision import quality_bar
+from daefr.quality.scorer import QualityScorer
 from daefr.runtime.report.faces import ReportFace, report_faces, to_batch
 from daefr.runtime.report.measure import Measurement, measure, stage_inputs
+from daefr.runtime.report.quality import CONDITIONED_SKIP, output_score, quality_sweep
 from daefr.runtime.report.variants import Variant, eager_variants, ort_variants, trt_variants
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ class ReportConfig:
     seed: int = 0
     engine_dirs: dict[str, Path | None] = field(default_factory=dict)
     precision: str | None = None  # only eager fp32 (the reference) and this precision's variants
+    scorer: QualityScorer | None = None  # NR-IQA of each output (the quality column); None: none
 
     def __post_init__(self) -> None:
         if self.faces < 1:
@@ -128,6 +131,14 @@ def _json_float(value: float) -> float | str:
     return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
 
 
+def _skipped_exports(device: torch.device) -> list[Variant]:
+    """The ORT and TensorRT rows of a plain model, skipped (a conditioned report says why)."""
+    label = "ort cuda" if device.type == "cuda" else "ort cpu"
+    names = [(f"{label} fp32", "ort", "fp32"), (f"{label} fp16", "ort", "fp16"),
+             ("trt fp16", "trt", "fp16"), ("trt fp16 + plugins", "trt", "fp16+plugins")]  # fmt: skip
+    return [Variant(n, b, p, str(device), skipped=CONDITIONED_SKIP) for n, b, p in names]
+
+
 def collect(
     model: DAEFR, preset: str, weights: dict[str, str], device: torch.device, cfg: ReportConfig
 ) -> ReportData:
@@ -136,17 +147,19 @@ def collect(
     faces = report_faces(resolution, cfg.faces, cfg.seed)
     batch = to_batch([f.degraded for f in faces])
     with tempfile.TemporaryDirectory(prefix="daefr-report-") as work:
-        variants = [
-            *eager_variants(model, device),
-            *ort_variants(model, device, Path(work)),
-            *trt_variants(device, cfg.engine_dirs),
-        ]
+        conditioned = model.config.quality is not None
+        if conditioned:  # the exported graphs have no quality input: they would drop S
+            exported = _skipped_exports(device)
+        else:
+            exported = [*ort_variants(model, device, Path(work)), *trt_variants(device, cfg.engine_dirs)]
+        variants = [*eager_variants(model, device), *exported]
         reference = variants[0]
         if cfg.precision is not None:
             variants = [reference, *[v for v in variants[1:] if v.precision.split("+")[0] == cfg.precision]]
         ref_restored, ref_codes = reference.restorer.restore(batch.to(device))
         ref_restored, ref_codes = ref_restored.float().cpu(), ref_codes.long().cpu()
-        stages = stage_inputs(reference.run_graph, batch)
+        # The per-graph breakdown is of the plain graphs: not what a conditioned model runs.
+        stages = None if conditioned else stage_inputs(reference.run_graph, batch)
         rows, outputs, codes = [], {}, {}
         for variant in variants:
             row: dict[str, object] = {
@@ -167,11 +180,19 @@ def collect(
                     graph_error=m.graph_error,
                     graph_ms=m.graph_ms,
                     quality_bars=quality_verdict(variant, m),
+                    nr_iqa=None if cfg.scorer is None else output_score(cfg.scorer, m.restored),
                 )
             else:
                 log.info("skipped %s: %s", variant.name, variant.skipped)
             rows.append(row)
             variant.close()
+        quality = None
+        if conditioned:
+            quality = {
+                "condition": model.iqp.default_quality,
+                "trained_range": [float(v) for v in model.iqp.quality_range],
+                "sweep": None if cfg.scorer is None else quality_sweep(model, cfg.scorer, batch.to(device)),
+            }
     summary = {
         "title": "DAEFR accuracy vs speed",
         "reference": REFERENCE,
@@ -184,5 +205,7 @@ def collect(
         "quality_bars": {"code_agreement_min": CODE_AGREEMENT_BAR, "psnr_min_db": PSNR_BAR_DB},
         "settings": {"batches": list(cfg.batches), "repeats": cfg.repeats, "seed": cfg.seed},
         "variants": rows,
+        "nr_iqa_scorer": None if cfg.scorer is None else cfg.scorer.name,
+        "quality_condition": quality,
     }
     return ReportData(summary, faces, outputs, codes)

@@ -23,6 +23,8 @@ from daefr.cli.common import (
 )
 from daefr.cli.plan_flags import add_precision_flags, precision_from_args
 from daefr.outputs import OutputError, check_output_dir
+from daefr.quality.cli import add_quality_flag, build_model_with_quality
+from daefr.quality.scorer import ScorerError, build_scorer
 from daefr.runtime.plan import PlanError
 from daefr.runtime.report.build import ReportConfig, collect
 from daefr.runtime.report.html import render
@@ -50,6 +52,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add_model_flags(parser)
     add_precision_flags(parser)
+    add_quality_flag(parser)
+    parser.add_argument(
+        "--quality-scorer",
+        default="brisque",
+        help="NR-IQA of each variant's output (the quality column): 'brisque', QualityNet weights, or 'none'",
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder for report.json and report.html")
     parser.add_argument("--faces", type=int, default=4, help="degraded faces to compare on")
     parser.add_argument("--batches", type=_batches, default=(1, 4, 8, 16, 32), help="throughput batch sizes")
@@ -77,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args)
     try:  # the output folder is checked before the (minutes of) measuring
         check_output_dir(args.out, [p for p in (args.engine_dir, args.plugin_engine_dir) if p])
-        model = build_model(args)
-    except (CheckpointError, UsageError, OutputError) as err:
+        model = build_model_with_quality(args, build_model)
+        if model.config.quality is not None:
+            model.iqp.run_quality = args.quality
+        scorer = None if args.quality_scorer.lower() == "none" else build_scorer(args.quality_scorer)
+    except (CheckpointError, UsageError, OutputError, ScorerError) as err:
         print(f"daefr-report: {err}", file=sys.stderr)
         return EXIT_USAGE
     weights = (
@@ -93,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         engine_dirs={"trt fp16": args.engine_dir, "trt fp16 + plugins": args.plugin_engine_dir},
         precision=precision_from_args(args) if (args.precision or args.fp16) else None,
+        scorer=scorer,
     )
     data = collect(model, args.preset, weights, next(model.parameters()).device, cfg)
     page = render(data)
@@ -113,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             if verdict == "FAIL":
                 failed.append(row["name"])
+    condition = data.summary["quality_condition"]
+    for r in (condition or {}).get("sweep") or []:
+        print(f"S={r['quality']:.4f}: {data.summary['nr_iqa_scorer']} score of the output {r['mean']:.4f}")
     print(f"report: {args.out / 'report.html'}")
     return EXIT_FAILED if failed and args.require_pass else EXIT_OK
 

@@ -58,13 +58,13 @@ def _variant_table(rows: list[dict]) -> str:
     head = (
         "<tr><th>variant</th><th>codes equal</th><th>worst face</th><th>PSNR dB</th><th>SSIM</th>"
         "<th>max |err|</th><th>p99 |err|</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th>"
-        "<th>best faces/s</th><th>peak MiB</th><th>build s</th><th>size MiB</th><th>fp16 bars</th></tr>"
+        "<th>best faces/s</th><th>peak MiB</th><th>build s</th><th>size MiB</th><th>fp16 bars</th><th>NR-IQA</th></tr>"
     )
     body = []
     for row in rows:
         if row["status"] != "ran":
             body.append(
-                f'<tr class="skipped"><td>{_fmt(row["name"])}</td><td colspan="14">skipped: {_fmt(row["reason"])}</td></tr>'
+                f'<tr class="skipped"><td>{_fmt(row["name"])}</td><td colspan="15">skipped: {_fmt(row["reason"])}</td></tr>'
             )
             continue
         acc, lat = row["accuracy"], row["latency_ms"]
@@ -80,9 +80,31 @@ def _variant_table(rows: list[dict]) -> str:
             _fmt(_num(acc["psnr_db"])), f'{acc["ssim"]:.5f}', _fmt(acc["max_abs_error"]), _fmt(acc["p99_abs_error"]),
             _fmt(lat["p50"]), _fmt(lat["p95"]), _fmt(lat["p99"]), _fmt(best), _fmt(row["peak_memory_mb"]),
             _fmt(row["build_seconds"]), _fmt(row["artifact_mb"]), bar_text,
+            "n/a" if row.get("nr_iqa") is None else _fmt(row["nr_iqa"]["mean"]),
         ]  # fmt: skip
         body.append(f"<tr><td>{_fmt(row['name'])}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return f"<table>{head}{''.join(body)}</table>"
+
+
+def _quality_section(s: dict) -> str:
+    """The IQPFR condition: the S the variants ran at and, with a scorer, the sweep of S."""
+    q = s.get("quality_condition")
+    if q is None:
+        return ""
+    lo, hi = q["trained_range"]
+    text = (
+        f"<h2>Quality condition (IQPFR)</h2><p>The variants ran at S = {_fmt(q['condition'])} "
+        f"(trained for {_fmt(lo)} .. {_fmt(hi)}); NR-IQA: {_fmt(s.get('nr_iqa_scorer'))}.</p>"
+    )
+    if not q.get("sweep"):
+        return text + "<p>No NR-IQA scorer: no sweep of S.</p>"
+    head = "<tr><th>S</th><th>mean score</th><th>min</th><th>max</th><th>codes changed vs first S</th></tr>"
+    body = "".join(
+        f"<tr><td>{_fmt(r['quality'])}</td><td>{_fmt(r['mean'])}</td><td>{_fmt(r['min'])}</td>"
+        f"<td>{_fmt(r['max'])}</td><td>{100 * r['codes_changed']:.1f} %</td></tr>"
+        for r in q["sweep"]
+    )
+    return f"{text}<table>{head}{body}</table>"
 
 
 def _num(value: float | str) -> float:
@@ -164,6 +186,7 @@ reference <b>{_fmt(s["reference"])}</b>, weights: {_fmt(weights.get("source"))},
 {_variant_table(rows)}
 <p>fp16 bars: code agreement &ge; {100 * s["quality_bars"]["code_agreement_min"]:.1f} %, PSNR vs eager fp32 &ge; {s["quality_bars"]["psnr_min_db"]:.0f} dB.</p>
 {_img(plots.accuracy_vs_speed(points), "accuracy against speed")}
+{_quality_section(s)}
 <h2>Throughput</h2>
 {_throughput_table(rows)}
 <h2>Where error enters</h2>

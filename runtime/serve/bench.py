@@ -26,6 +26,7 @@ import torch
 
 from daefr.atomic import atomic_write_text
 from daefr.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, add_logging_flags
+from daefr.quality.cli import add_quality_flag
 from daefr.runtime.backends import BackendError, BackendUnavailable
 from daefr.runtime.cli_video import add_restorer_flags, check_restorer_flags
 from daefr.runtime.serve.cli import build_serve_restorer
@@ -42,6 +43,7 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_restorer_flags(p)
+    add_quality_flag(p)  # the served model's S (IQPFR checkpoints), for the server and the in-process calls
     p.add_argument("--clients", type=int, default=4, help="concurrent client threads (C)")
     p.add_argument("--requests", type=int, default=8, help="timed requests per client (N)")
     p.add_argument("--faces", type=int, default=1, help="faces per request")
@@ -85,6 +87,7 @@ def server_argv(args: argparse.Namespace) -> list[str]:
         if value:
             argv += [flag, str(value)]
     argv += ["--precision", args.plan.precision]
+    argv += [] if args.quality is None else ["--quality", repr(args.quality)]
     flags = {"--channels-last": args.channels_last, "--compile": args.compile, "--cuda-graphs": args.cuda_graphs,
              "--plugins": args.plugins}  # fmt: skip
     return argv + [flag for flag, on in flags.items() if on]

@@ -1,8 +1,8 @@
 """``daefr-serve``: restore faces behind a Triton Inference Server (HTTP, gRPC, metrics).
 
 Model ``daefr``: input ``lq_image`` float32 (B, 3, R, R) in [-1, 1]; outputs ``restored``
-float32 (B, 3, R, R) and ``code_idx`` int64 (B, N). SIGINT/SIGTERM finish in-flight requests
-and exit 0.
+float32 (B, 3, R, R) and ``code_idx`` int64 (B, N). An IQPFR checkpoint is served at
+``--quality S`` (one S per server). SIGINT/SIGTERM finish in-flight requests and exit 0.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from daefr.cli.common import (
     float_range,
     setup_logging,
 )
+from daefr.quality.cli import add_quality_flag, plan_with_quality
 from daefr.runtime.backends import BackendError, BackendUnavailable, Restorer
 from daefr.runtime.cli_video import add_restorer_flags, build_restorer, check_restorer_flags
 from daefr.runtime.face.detector import DetectorUnavailable, RetinaFaceDetector
@@ -34,8 +35,11 @@ PROG = "daefr-serve"
 
 
 def build_serve_restorer(args: argparse.Namespace, workdir: Path) -> Restorer:
-    """The one place daefr-serve builds its restorer from the flags (the other CLIs' helper)."""
-    restorer, _ = build_restorer(args, args.plan, workdir)
+    """The one place daefr-serve builds its restorer from the flags (the other CLIs' helper).
+    An IQPFR checkpoint is served at ``--quality`` (a per-model setting: every request runs at
+    that S; run one server per S)."""
+    plan, model = plan_with_quality(args, args.plan)
+    restorer, _ = build_restorer(args, plan, workdir, model=model)
     return restorer
 
 
@@ -44,6 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog=PROG, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     add_restorer_flags(parser)
+    add_quality_flag(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
     parser.add_argument("--http-port", type=int, default=8000, help="KServe v2 HTTP port")
     parser.add_argument("--grpc-port", type=int, default=8001, help="KServe v2 gRPC port")

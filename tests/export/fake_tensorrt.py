@@ -130,10 +130,97 @@ class BuilderConfig:
         return self.attached
 
 
+# ---- the engine build (``export.trt_build.build_engine``) -------------------------------------
+# Only what the build calls. The network's inputs are read from the ONNX file itself (its
+# symbolic dims as -1, as TensorRT's parser reports a dynamic axis); profiles are recorded.
+
+PROFILES: list[dict[str, tuple[tuple[int, ...], ...]]] = []  # one dict per added profile
+
+
+class MemoryPoolType:
+    WORKSPACE = 0
+
+
+class NetworkDefinitionCreationFlag:
+    STRONGLY_TYPED = 0
+
+
+class _Tensor:
+    def __init__(self, name: str, shape: tuple[int, ...]) -> None:
+        self.name, self.shape = name, shape
+
+
+class _Network:
+    def __init__(self) -> None:
+        self.inputs: list[_Tensor] = []
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.inputs)
+
+    def get_input(self, i: int) -> _Tensor:
+        return self.inputs[i]
+
+
+class OnnxParser:
+    def __init__(self, network: _Network, logger: Logger) -> None:
+        self.network, self.num_errors = network, 0
+
+    def parse_from_file(self, path: str) -> bool:
+        import onnx
+
+        graph = onnx.load(path, load_external_data=False).graph
+        for value in graph.input:
+            dims = value.type.tensor_type.shape.dim
+            shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+            self.network.inputs.append(_Tensor(value.name, shape))
+        return True
+
+
+class _Profile:
+    def __init__(self) -> None:
+        self.shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
+
+    def set_shape(self, name: str, lo: tuple, opt: tuple, hi: tuple) -> None:
+        if not (
+            len(lo) == len(opt) == len(hi) and all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True))
+        ):
+            raise ValueError(f"set_shape({name}): need min <= opt <= max per dim, got {lo} {opt} {hi}")
+        self.shapes[name] = (tuple(lo), tuple(opt), tuple(hi))
+
+
+class _BuildConfig(BuilderConfig):
+    def set_memory_pool_limit(self, pool: int, size: int) -> None:
+        self.workspace = size
+
+    def add_optimization_profile(self, profile: _Profile) -> int:
+        PROFILES.append(dict(profile.shapes))
+        return len(PROFILES) - 1
+
+
+class Builder:
+    def __init__(self, logger: Logger) -> None:
+        self.logger = logger
+
+    def create_network(self, flags: int) -> _Network:
+        return _Network()
+
+    def create_builder_config(self) -> _BuildConfig:
+        return _BuildConfig()
+
+    def create_optimization_profile(self) -> _Profile:
+        return _Profile()
+
+    def build_serialized_network(self, network: _Network, config: _BuildConfig) -> bytes:
+        _record("build_serialized_network")
+        return b"engine:" + ",".join(t.name for t in network.inputs).encode()
+
+
 @contextmanager
 def installed(monkeypatch, version: str = "11.1.0.106") -> types.ModuleType:  # noqa: ANN001
     """Put the stand-in under ``tensorrt`` for the test's duration."""
     CALLS.clear()
+    PROFILES.clear()
     trt = sys.modules[__name__]
     monkeypatch.setattr(trt, "__version__", version, raising=False)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)

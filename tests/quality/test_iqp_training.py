@@ -21,6 +21,7 @@ from daefr.seeded_weights import seed_model_
 from daefr.training.config import stage_config
 from daefr.training.iqp_codebook import IQPCodebookStage
 from daefr.training.metrics import read_log
+from daefr.training.state import load_checkpoint
 
 THRESHOLD = 0.6
 FUSION_STEPS = 16
@@ -57,6 +58,18 @@ def test_logs_show_hq_plus_fed_only_above_threshold(runs: dict[str, Path]) -> No
     fed = [r for r in records if r["hq_plus_images"] > 0]
     assert fed and sum(r["hq_plus_images"] for r in records) < 2 * len(records)  # some were left out
     assert all(r["hq_plus_min_score"] > THRESHOLD for r in fed)
+
+
+def test_fusion_condition_is_the_score_of_the_decoded_target(runs: dict[str, Path], model: DAEFR) -> None:
+    """S of a training face is its target codes' decoded score (``target_score``), not the
+    image's (``mean_score``); quality_range spans those conditions, not iqp-codebook's scores."""
+    records = read_log(runs["iqp-fusion"] / "log.jsonl")
+    lo, hi = (float(v) for v in model.iqp.quality_range)
+    assert all(lo - 1e-5 <= r["target_score"] <= hi + 1e-5 for r in records)
+    assert max(abs(r["target_score"] - r["mean_score"]) for r in records) > 0.01
+    payload = load_checkpoint(runs["iqp-codebook"] / "last.pt", ("iqp-codebook",))
+    codebook_range = payload["models"]["daefr"]["iqp.quality_range"]
+    assert not torch.allclose(codebook_range, model.iqp.quality_range)
 
 
 class BrightnessScorer:
@@ -110,7 +123,7 @@ def test_hq_plus_codebook_gets_nothing_from_faces_at_or_below_threshold(runs: di
 def test_different_quality_gives_different_codes_and_fixed_quality_is_deterministic(model: DAEFR) -> None:
     faces = held_out_degraded()
     lo, hi = (float(v) for v in model.iqp.quality_range)
-    assert 0 <= lo < THRESHOLD < hi <= 1
+    assert 0 <= lo < hi <= 1
     with torch.no_grad():
         a = model(faces, torch.full((4,), lo))
         b = model(faces, torch.full((4,), hi))
@@ -125,11 +138,15 @@ def test_different_quality_gives_different_codes_and_fixed_quality_is_determinis
 
 
 @pytest.mark.xfail(
-    strict=True,
-    reason="measured: after this short run from a seeded random DAEFR the output at the highest "
-    "S scores lower (BRISQUE) than at the lowest; 40 and 100 steps did the same (0.712 vs 0.759, "
-    "0.650 vs 0.860): on a random decoder the REINFORCE quality loss did not raise the sampled "
-    "score (it did from a trained tiny DAEFR: reports/cpu/iqp_tiny.txt)",
+    strict=False,
+    reason="measured: at this test's 16 steps the sign of the margin depends on the seed. Two "
+    "causes were found and fixed (iqp_fusion's docstring): S was the clean image's score, which "
+    "on this random decoder correlates at -0.44 with what its target codes decode to; and "
+    "quality_range mixed in iqp-codebook's image scores. After them, high-S minus low-S BRISQUE "
+    "score over seeds: 16 steps +0.039 (this seed), +0.059, -0.013, +0.097; 32 steps 3 of 6 "
+    "positive; 64 steps 3 of 4; 128 steps 5 of 5 (+0.016 this seed, +0.022, +0.061, +0.143, "
+    "+0.049), but 128 steps take 30-115 s on the shared 2 cores, over this test's budget; "
+    "without L_quality 1 of 4 positive",
 )
 def test_score_at_high_quality_beats_low_quality_on_held_out_faces(model: DAEFR) -> None:
     lo, hi = (float(v) for v in model.iqp.quality_range)
