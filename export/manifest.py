@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import importlib.metadata
 import json
-import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,10 +18,10 @@ import torch
 from daefr.atomic import atomic_write_text
 from daefr.export.graphs import GRAPHS, tensor_specs
 from daefr.model import DAEFR
+from daefr.versions import EXPORT_PACKAGES, package_versions
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "daefr-export/1"
-NOT_INSTALLED = "not installed"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -34,25 +32,9 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def package_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return NOT_INSTALLED
-
-
 def tool_versions() -> dict[str, str]:
     """Versions of everything that shapes the artifacts ("not installed" where absent)."""
-    return {
-        "python": platform.python_version(),
-        "daefr": package_version("daefr"),
-        "torch": torch.__version__,
-        "onnx": package_version("onnx"),
-        "onnxruntime": package_version("onnxruntime"),
-        "tensorrt": package_version("tensorrt"),
-        "polygraphy": package_version("polygraphy"),
-        "triton": package_version("triton"),
-    }
+    return {**package_versions(EXPORT_PACKAGES), "torch": torch.__version__}
 
 
 def git_revision(where: Path | None = None) -> str:

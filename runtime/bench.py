@@ -58,28 +58,14 @@ from daefr.runtime.face.detector import RetinaFaceDetector
 from daefr.runtime.plan import MAX_THREADS
 from daefr.runtime.serve.bench import add_serve_parser, check_serve_args, run_serve_bench
 from daefr.runtime.video import VideoError, VideoOptions, latency_summary, restore_video
+from daefr.versions import package_versions
 
 log = logging.getLogger("daefr.bench")
 PROG = "daefr-bench"
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in (
-        "daefr",
-        "torch",
-        "onnxruntime",
-        "onnxruntime-gpu",
-        "tensorrt",
-        "av",
-        "numpy",
-        "opencv-python",
-    ):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
+    return package_versions()
 
 
 def device_description(device: str) -> str:
@@ -260,7 +246,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     video.add_argument(
-        "--backends", default="auto", help=f"comma-separated backends to measure ({', '.join(BACKEND_CHOICES)})"
+        "--backends",
+        default="auto",
+        help=f"comma-separated backends to measure ({', '.join(BACKEND_CHOICES)})",
     )
     add_restorer_flags(video, with_backend=False)
     video.add_argument(
@@ -408,12 +396,21 @@ def run_network(args: argparse.Namespace) -> int:
         unknown = wanted - {p.label() for p in plans}
         if unknown:
             labels = ", ".join(p.label() for p in plans)
-            print(f"{PROG}: --only {', '.join(sorted(unknown))}: no such variant here; choose from {labels}", file=sys.stderr)
+            print(
+                f"{PROG}: --only {', '.join(sorted(unknown))}: no such variant here; choose from {labels}",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         plans = [plans[0], *[p for p in plans[1:] if p.label() in wanted]]
     cpu = cpu_summary()
     isa = onednn_bf16_isa() if device == "cpu" else None
-    log.info("CPU: %s, %s cores, flags %s; oneDNN bf16 kernels: %s", cpu["model"], cpu["cores"], " ".join(cpu["flags"]), isa)
+    log.info(
+        "CPU: %s, %s cores, flags %s; oneDNN bf16 kernels: %s",
+        cpu["model"],
+        cpu["cores"],
+        " ".join(cpu["flags"]),
+        isa,
+    )
     dtypes = ("fp32", "bf16") if device == "cpu" else ("fp32", "fp16", "bf16")
     peaks = {d: matmul_peak(DTYPES[d], device) for d in dtypes}
     if faces is None:
@@ -426,7 +423,11 @@ def run_network(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="daefr-bench-") as tmp:
         rows = measure(model, plans, args.batches, args.iters, Path(tmp), images)
     # A shared machine: the 1-minute load average says how busy the cores were besides this run.
-    load = {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2), "cores": os.cpu_count()}
+    load = {
+        "before": round(load_before[0], 2),
+        "after": round(os.getloadavg()[0], 2),
+        "cores": os.cpu_count(),
+    }
     # The peak is timed again after the rows and the better of the two kept: on a shared machine
     # a busy moment makes the matmul slow and every row's % of peak too high.
     peaks = {d: max(peaks[d], matmul_peak(DTYPES[d], device)) for d in dtypes}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ from daefr.runtime.report.faces import ReportFace, report_faces, to_batch
 from daefr.runtime.report.measure import Measurement, measure, stage_inputs
 from daefr.runtime.report.quality import CONDITIONED_SKIP, output_score, quality_sweep
 from daefr.runtime.report.variants import Variant, eager_variants, ort_variants, trt_variants
+from daefr.versions import package_versions
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +58,12 @@ class ReportData:
     codes: dict[str, torch.Tensor]  # variant -> code_idx (F, N) int64
 
 
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def environment() -> dict[str, object]:
     env: dict[str, object] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        **{
-            name: _version(name)
-            for name in ("torch", "triton", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt")
-        },
+        **package_versions(),
         "gpu": None,
     }
     if torch.cuda.is_available():
