@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -26,6 +27,20 @@ REFERENCE = Path(os.environ.get("DAEFR_REFERENCE", REPO / "tests" / "data" / "re
 
 def has_cuda() -> bool:
     return torch.cuda.is_available()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_root_logging():
+    """A CLI run in one test (``logging.basicConfig(force=True)``) leaves a root handler bound to
+    that test's captured stderr; restore the root logger so a later test's log lines neither go
+    to a closed stream ("--- Logging error ---") nor to a handler that test did not set up."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    # Only plain stream handlers: pytest's own capture handlers come and go per test phase.
+    for handler in [h for h in root.handlers if type(h) is logging.StreamHandler and h not in before]:
+        root.removeHandler(handler)
+    root.setLevel(level)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
