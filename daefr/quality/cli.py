@@ -8,6 +8,7 @@ A conditioned (IQPFR) checkpoint is recognised by its ``iqp.*`` keys and runs at
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 from dataclasses import replace
 
@@ -18,6 +19,9 @@ from daefr.cli.common import UsageError, build_model, check_device
 from daefr.model import DAEFR
 from daefr.quality.checkpoint import model_from_state
 from daefr.runtime.plan import PrecisionPlan
+
+log = logging.getLogger(__name__)
+NEEDS_CHECKPOINT = "--quality needs --ckpt with an IQPFR checkpoint (iqpfr.pt)"
 
 
 def quality_value(text: str) -> float:
@@ -45,6 +49,10 @@ def add_quality_flag(parser: argparse.ArgumentParser) -> None:
 def build_model_with_quality(args: argparse.Namespace, build_plain) -> DAEFR:
     """The model of ``--ckpt`` (plain or conditioned) or ``build_plain(args)`` for other weights;
     UsageError when ``--quality`` is given for a model that has no quality condition."""
+    if args.quality is not None and not args.ckpt:  # before building: no RANDOM-weights warning first
+        if getattr(args, "random_weights", False):
+            raise UsageError(_plain_model_error("--random-weights"))
+        raise UsageError(NEEDS_CHECKPOINT)
     if args.ckpt:
         state = read_state_dict(args.ckpt)
         model = model_from_state(
@@ -53,12 +61,27 @@ def build_model_with_quality(args: argparse.Namespace, build_plain) -> DAEFR:
     else:
         model = build_plain(args)
     if args.quality is not None and model.config.quality is None:
-        what = args.ckpt or "--random-weights"
-        raise UsageError(
-            f"--quality: {what} is a plain DAEFR model, which has no quality condition; "
-            "drop --quality or pass an IQPFR checkpoint (iqpfr.pt from daefr-train iqp-fusion)"
-        )
+        raise UsageError(_plain_model_error(args.ckpt or "--random-weights"))
     return model
+
+
+def _plain_model_error(what: object) -> str:
+    return (
+        f"--quality: {what} is a plain DAEFR model, which has no quality condition; "
+        "drop --quality or pass an IQPFR checkpoint (iqpfr.pt from daefr-train iqp-fusion)"
+    )
+
+
+def warn_outside_trained_range(model: DAEFR, quality: float | None) -> None:
+    """S outside the range the model was trained on is allowed (it extrapolates) but said."""
+    if quality is None or model.config.quality is None:
+        return
+    lo, hi = (float(v) for v in model.iqp.quality_range)
+    if not lo - 1e-6 <= quality <= hi + 1e-6:
+        log.warning(
+            "--quality %g is outside the range this model was trained on [%.3f, %.3f]: "
+            "it extrapolates the condition", quality, lo, hi,
+        )  # fmt: skip
 
 
 def quality_tensor(
@@ -81,7 +104,7 @@ def plan_with_quality(args: argparse.Namespace, plan: PrecisionPlan) -> tuple[Pr
     """
     if not (args.ckpt or args.random_weights):
         if args.quality is not None:
-            raise UsageError("--quality needs --ckpt with an IQPFR checkpoint (iqpfr.pt)")
+            raise UsageError(NEEDS_CHECKPOINT)
         return plan, None
     model = build_model_with_quality(args, build_model)
     if model.config.quality is None:
@@ -91,5 +114,6 @@ def plan_with_quality(args: argparse.Namespace, plan: PrecisionPlan) -> tuple[Pr
             f"--backend {plan.backend}: an IQPFR-conditioned checkpoint runs on the torch backend only "
             "(no exported graph carries its quality input yet)"
         )
+    warn_outside_trained_range(model, args.quality)
     model.iqp.run_quality = args.quality
     return replace(plan, backend="torch"), model

@@ -67,3 +67,27 @@ def test_quality_changes_the_restored_video_and_is_deterministic(clip, tmp_path,
     assert all(np.array_equal(a, b) for a, b in zip(out["hi"], out["hi_again"], strict=True))
     # the default is the highest S trained for (0.9), not 1.0 and not the lowest
     assert any(not np.array_equal(a, b) for a, b in zip(out["default"], out["lo"], strict=True))
+
+
+def test_quality_with_random_weights_is_one_line_even_when_not_quiet(clip, tmp_path, capsys):
+    """Refused before the model is built, so no "RANDOM weights" warning comes first."""
+    argv = [str(clip), "-o", str(tmp_path / "o.mkv"), "--preset", "tiny", "--device", "cpu"]
+    assert main([*argv, "--random-weights", "--quality", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plain DAEFR model" in err and "RANDOM" not in err
+
+
+def test_quality_outside_the_trained_range_is_said(clip, tmp_path, iqp_checkpoints, caplog):
+    ckpt = str(iqp_checkpoints["conditioned"])
+    path = tmp_path / "o.mkv"
+    with caplog.at_level("WARNING", logger="daefr.quality.cli"):
+        assert (
+            main([str(clip), "-o", str(path), *BASE, "--ckpt", ckpt, "--codec", "ffv1", "--quality", "0"])
+            == 0
+        )
+    assert any("outside the range this model was trained on" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    path = tmp_path / "default.mkv"
+    with caplog.at_level("WARNING", logger="daefr.quality.cli"):
+        assert main([str(clip), "-o", str(path), *BASE, "--ckpt", ckpt, "--codec", "ffv1"]) == 0
+    assert not any("outside the range" in r.getMessage() for r in caplog.records)
