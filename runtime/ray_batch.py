@@ -222,7 +222,7 @@ def restore_images(
         return _result(PoolReport(), result, t0)
 
     def done(job: Job, failed: list[str]) -> None:
-        pairs = job.args[0]
+        pairs = [(src, dst) for src, dst in job.args[0] if src in todo]
         for src, dst in pairs:
             if dst.exists() and dst.stat().st_mtime_ns >= t0_ns:
                 ledgers.record(src, dst, key, image_size(dst))
@@ -231,7 +231,7 @@ def restore_images(
         if progress is not None:
             progress(len(pairs))
 
-    jobs = _image_jobs(list(todo.items()), batch_size, "photos" if unaligned else "images")
+    jobs = _image_jobs(list(outputs.items()), set(todo), batch_size, "photos" if unaligned else "images")
     try:
         with ray_pool(opts, spec) as (pool, infos):
             result.actors, result.plan = len(infos), infos[0].plan
@@ -242,21 +242,26 @@ def restore_images(
     return _result(report, result, t0)
 
 
-def _image_jobs(pairs: list[tuple[Path, Path]], batch_size: int, method: str) -> list[Job]:
-    """Aligned faces: the single-process run's batches (the same bytes: a face restored in a
-    batch of another size may differ in the last bit); photos: one per job. A batch whose
-    workers died on every attempt is tried once more file by file, so a file that kills
-    workers fails alone (its batch-mates are then restored one at a time, as the log says)."""
+def _image_jobs(pairs: list[tuple[Path, Path]], todo: set[Path], batch_size: int, method: str) -> list[Job]:
+    """Aligned faces: the single-process run's batches over *all* inputs, for the same bytes (a
+    face restored in a batch of other faces may differ in the last bit); a batch with complete
+    outputs from an earlier run restores them again only as batch-mates, into scratch files.
+    Photos: one per job. A batch whose workers died on every attempt is tried once more file by
+    file, so a file that kills workers fails alone (its batch-mates are then restored one at a
+    time, which may change their last bits; the log says so)."""
     size = batch_size if method == "images" else 1
 
     def one_each(job: Job) -> list[Job]:
-        return [Job(str(s), job.method, ([(s, d)], *job.args[1:])) for s, d in job.args[0]]
+        return [Job(str(s), job.method, ([(s, d)], batch_size, [])) for s, d in job.args[0] if s in todo]
 
     jobs = []
     for start in range(0, len(pairs), size):
         chunk = pairs[start : start + size]
-        name = ", ".join(str(s) for s, _ in chunk)
-        jobs.append(Job(name, method, (chunk, batch_size), split=one_each if len(chunk) > 1 else None))
+        if not any(src in todo for src, _ in chunk):
+            continue
+        name = ", ".join(str(s) for s, _ in chunk if s in todo)
+        skip = [src for src, _ in chunk if src not in todo]
+        jobs.append(Job(name, method, (chunk, batch_size, skip), split=one_each if len(chunk) > 1 else None))
     return jobs
 
 

@@ -169,15 +169,20 @@ class RestoreWorker:
             )
         return self.detector
 
-    def images(self, pairs: list[tuple[Path, Path]], batch_size: int) -> list[str]:
-        """Aligned faces (input -> output), in batches as daefr-restore makes them; one message
-        per file that could not be read."""
+    def images(self, pairs: list[tuple[Path, Path]], batch_size: int, skip: list[Path] = ()) -> list[str]:
+        """Aligned faces (input -> output) in one batch as daefr-restore makes it; the inputs in
+        ``skip`` (complete already) are restored only as batch-mates, into scratch files. One
+        message per file that could not be read."""
         from daefr.cli.restore import restore_files  # the single-process code, for the same bytes
 
-        _inject_fault([str(p) for p, _ in pairs])
-        return restore_files(self.restorer, dict(pairs), batch_size)
+        _inject_fault([str(p) for p, _ in pairs if p not in skip])
+        with tempfile.TemporaryDirectory(prefix="daefr-ray-skip-") as scratch:
+            outputs = {
+                src: Path(scratch) / f"{i}.png" if src in skip else dst for i, (src, dst) in enumerate(pairs)
+            }
+            return restore_files(self.restorer, outputs, batch_size)
 
-    def photos(self, pairs: list[tuple[Path, Path]], batch_size: int) -> list[str]:
+    def photos(self, pairs: list[tuple[Path, Path]], batch_size: int, skip: list[Path] = ()) -> list[str]:
         """Whole photos: every face detected, restored and pasted back (daefr-restore --unaligned)."""
         from daefr.cli.restore import restore_photos
 

@@ -16,11 +16,14 @@ Ray is imported lazily: nothing here is needed for a run without ``--ray``.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import re
 import signal
 import socket
+import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 # Bounds of the flags: more actors than this is a typo, and so are more retries.
 MAX_ACTORS = 4096
 MAX_RETRIES = 100
+# Joining a cluster takes seconds; ray.init's own retries on a silent one last many minutes.
+CONNECT_TIMEOUT_S = 60.0
 # Environment variables a job's actors receive from the driver (fault injection in tests, see
 # daefr.runtime.ray_jobs): passed through runtime_env so actors on a cluster see them too.
 FORWARDED_ENV = ("DAEFR_RAY_FAULT_ONCE", "DAEFR_RAY_FAULT_NAME")
@@ -93,29 +98,64 @@ class Cluster:
     gpus: float
 
 
+def _is_loopback(address: str | None) -> bool:
+    match = _ADDRESS.match(address or "")
+    if match is None:
+        return False
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(match.group(2).strip("[]"))).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _watchdog(address: str, seconds: float) -> Iterator[None]:
+    """ray.init retries a silent cluster for many minutes inside native code, deaf to Ctrl-C and
+    SIGTERM: past ``seconds`` the process says so and exits 2 (nothing of ours is open yet)."""
+
+    def expire() -> None:
+        print(f"--ray {address}: no answer from the Ray cluster within {seconds:.0f} s; check the address "
+              "`ray start --head` printed (and that this machine can reach it)", file=sys.stderr, flush=True)  # fmt: skip
+        os._exit(2)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None = None, verbose: bool = False) -> Iterator[Cluster]:
     """Ray for the length of the ``with``; see the module docstring."""
+    if address is not None:
+        check_address(address)
+        _check_reachable(address)
     # No usage statistics: a batch job has no business calling home (nor can it, offline).
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address is None:
-        # Ray turns 127.0.0.1 into the machine's reachable address (resolve_ip_for_localhost);
-        # with "clusters disabled" it keeps the loopback one, so every port of the embedded Ray
-        # listens on 127.0.0.1 only. Read when ray is first imported, hence before the import.
+    if address is None or _is_loopback(address):
+        # Ray turns 127.0.0.1 into the machine's reachable address (resolve_ip_for_localhost), both
+        # for the ports it opens and for an address it joins; with "clusters disabled" it keeps the
+        # loopback one, so the embedded Ray listens on 127.0.0.1 only and a cluster started on
+        # 127.0.0.1 is found there. Read when ray is first imported, hence before the import.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = import_ray()
     common = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
     if address is None:
-        ray.init(include_dashboard=False, **common)
-    else:
-        check_address(address)
-        _check_reachable(address)
         try:
-            ray.init(address=address, **common)
+            ray.init(include_dashboard=False, **common)
+        except (ConnectionError, RuntimeError, ValueError, OSError) as err:
+            ray.shutdown()
+            raise RayUnavailable(f"--ray: the local Ray did not start ({_first_line(err)})") from None
+    else:
+        try:
+            with _watchdog(address, CONNECT_TIMEOUT_S):
+                ray.init(address=address, **common)
         except (ConnectionError, RuntimeError, ValueError) as err:
             ray.shutdown()
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RayUnavailable(f"--ray {address}: cannot join the cluster ({first})") from None
+            raise RayUnavailable(f"--ray {address}: cannot join the cluster ({_why_not(ray, err)})") from None
     # ray.init installs its own SIGTERM handler; ours unwinds like Ctrl-C so every ``finally``
     # (the shutdown below, temporary files) runs, then exits 128 + 15.
     previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
@@ -138,9 +178,25 @@ def ray_session(address: str | None = None, verbose: bool = False) -> Iterator[C
         ray.shutdown()  # local: stops the cluster; connected: disconnects (our actors go with us)
 
 
-def _main_thread() -> bool:
-    import threading
+def _why_not(ray, err: BaseException) -> str:  # noqa: ANN001
+    """The reason ray.init gives, or the one it chained below (a missing auth token)."""
+    seen = err
+    while seen is not None:
+        if type(seen).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(seen):
+            return (
+                "it wants its auth token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
+                "RAY_AUTH_TOKEN_PATH) as on the head node"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return _first_line(err)
 
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 

@@ -1,0 +1,288 @@
+"""--ray on daefr-restore and daefr-video, on a 2-CPU Ray cluster started once for the module
+(its head in a subprocess of ours, bound to 127.0.0.1, with its own auth token), and once on the
+embedded local Ray. Outputs are compared with the single-process run byte for byte."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+import subprocess
+import sys
+import textwrap
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from daefr.cli import restore
+from daefr.runtime import cli_video
+from daefr.runtime.clips import synthetic_frames, write_clip
+
+# Not imported here: ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when first imported, after `cluster`.
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install 'daefr[ray]')"
+)
+
+TINY = ["--random-weights", "--preset", "tiny", "--backend", "torch", "--threads", "1", "-q"]
+HEAD = textwrap.dedent(
+    """
+    import os, sys
+    import ray
+    ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    print(ctx.address_info["gcs_address"], flush=True)
+    sys.stdin.read()  # until the test module closes our stdin
+    ray.shutdown()
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> str:
+    """The address of a 2-CPU Ray head this module owns (stopped by closing its stdin)."""
+    env = {
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keep 127.0.0.1 (see daefr.runtime.ray_pool)
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the drivers of this module (in this process) present the same token
+    head = subprocess.Popen(
+        [sys.executable, "-c", HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stderr=subprocess.DEVNULL, cwd=tmp_path_factory.mktemp("head"),
+    )  # fmt: skip
+    try:
+        address = head.stdout.readline().strip()
+        assert address.startswith("127.0.0.1:"), f"the Ray head did not start ({address!r})"
+        yield address
+    finally:
+        head.stdin.close()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("faces")
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"face{i}.png")
+    Image.fromarray(rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(folder / "odd.jpg")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def single(faces, tmp_path_factory) -> dict[str, bytes]:
+    """The single-process run's outputs (batches of 2), by name."""
+    out = tmp_path_factory.mktemp("single")
+    assert restore.main([str(faces), "-o", str(out), *TINY, "--batch-size", "2"]) == 0
+    return {p.name: p.read_bytes() for p in out.glob("*.png")}
+
+
+def pngs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.glob("*.png")}
+
+
+def no_temporaries(folder: Path) -> bool:
+    return not [p for p in folder.iterdir() if ".tmp" in p.name]
+
+
+@pytest.fixture(scope="module")
+def ray_out(faces, cluster, single, tmp_path_factory) -> Path:
+    """One --ray run on 2 actors whose first job kills its worker (retried on a new actor)."""
+    out = tmp_path_factory.mktemp("ray") / "out"
+    marker = tmp_path_factory.mktemp("fault") / "died-once"
+    os.environ["DAEFR_RAY_FAULT_ONCE"] = str(marker)
+    try:
+        code = restore.main([str(faces), "-o", str(out), *TINY, "--batch-size", "2", f"--ray={cluster}",
+                             "--ray-actors", "2"])  # fmt: skip
+    finally:
+        del os.environ["DAEFR_RAY_FAULT_ONCE"]
+    assert code == 0
+    assert marker.exists(), "the fault hook did not fire: no worker was killed"
+    return out
+
+
+def test_ray_folder_is_byte_identical_to_single_process_even_after_a_killed_worker(ray_out, single, caplog):
+    assert len(single) == 6
+    assert pngs(ray_out) == single
+    assert no_temporaries(ray_out)
+
+
+def test_resume_skips_complete_outputs_and_redoes_a_truncated_one(ray_out, faces, cluster, single, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for p in ray_out.iterdir():
+        (out / p.name).write_bytes(p.read_bytes())
+        os.utime(out / p.name, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns))
+    truncated = out / "face3.png"
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    code = restore.main([str(faces), "-o", str(out), *TINY, "--batch-size", "2", f"--ray={cluster}",
+                         "--ray-actors", "1"])  # fmt: skip
+    assert code == 0
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    redone = {n for n in after if after[n] != before[n]}
+    assert redone == {"face3.png"}
+    assert pngs(out) == single
+
+
+def test_ledger_knows_an_output_only_for_the_same_settings_input_and_file(tmp_path):
+    from daefr.runtime.resume import Ledger, image_is_valid, image_size
+
+    src, dst = tmp_path / "in.png", tmp_path / "out.png"
+    Image.new("RGB", (8, 6)).save(src)
+    Image.new("RGB", (64, 64)).save(dst)
+    ledger = Ledger(tmp_path)
+    ledger.record(src, dst, "settings-a", image_size(dst))
+    ledger.save()
+    again = Ledger(tmp_path)
+    assert again.complete(src, dst, "settings-a", image_is_valid)
+    assert not again.complete(src, dst, "settings-b", image_is_valid)  # other weights, plan, options
+    os.utime(src, ns=(1, 1))  # the input changed since
+    assert not again.complete(src, dst, "settings-a", image_is_valid)
+
+
+def test_a_file_that_kills_every_worker_fails_alone_and_the_others_are_written(
+    faces, cluster, single, tmp_path, monkeypatch, capsys
+):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in faces.iterdir():
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    (folder / "dir.png").mkdir()  # a folder named like an image is not an input
+    monkeypatch.setenv("DAEFR_RAY_FAULT_NAME", "face2.png")
+    out = tmp_path / "out"
+    code = restore.main([str(folder), "-o", str(out), *TINY, "--batch-size", "2", f"--ray={cluster}",
+                         "--ray-actors", "2", "--retries", "1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "face2.png" in err and "worker died" in err
+    assert "broken.png" in err and "not a readable image" in err
+    assert "2 of 7 files failed" in err
+    reference = (
+        tmp_path / "single"
+    )  # the same folder in one process (batches [broken, face0], [face1, face2]...)
+    assert restore.main([str(folder), "-o", str(reference), *TINY, "--batch-size", "2"]) == 1
+    written, expected = pngs(out), pngs(reference)
+    assert set(written) == set(expected) - {"face2.png"} == set(single) - {"face2.png"}
+    # face1, face2's batch-mate, was restored alone after its batch failed; the others are exact
+    assert {n: b for n, b in written.items() if n != "face1.png"} == {
+        n: b for n, b in expected.items() if n not in ("face1.png", "face2.png")
+    }
+    assert no_temporaries(out)
+
+
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--ray=garbage"], "not a Ray address"),
+        (["--ray=127.0.0.1:99999"], "not a Ray address"),
+        (["--ray=127.0.0.1:1"], "no Ray cluster answers there"),
+        (["--ray", "--ray-actors", "0"], "must be >= 1"),
+        (["--ray", "--ray-actors", "-1"], "must be >= 1"),
+        (["--ray", "--ray-actors", "100000"], "must be <= 4096"),
+        (["--ray-actors", "2"], "need --ray"),
+        (["--ray", "--retries", "-1"], "must be >= 0"),
+    ],
+)
+def test_bad_ray_flags_are_one_line_exit_2(faces, tmp_path, capsys, flags, says):
+    with pytest.raises(SystemExit) as exit_:
+        code = restore.main([str(faces), "-o", str(tmp_path / "o"), *TINY, *flags])
+        raise SystemExit(code)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_more_actors_than_the_cluster_holds_is_exit_2(faces, cluster, tmp_path, capsys):
+    code = restore.main(
+        [str(faces), "-o", str(tmp_path / "o"), *TINY, f"--ray={cluster}", "--ray-actors", "3"]
+    )
+    assert code == 2
+    assert "needs 3 CPUs and the cluster has 2" in capsys.readouterr().err
+
+
+def test_local_ray_is_shut_down_after_ctrl_c_and_leaves_no_partial_output(
+    faces, tmp_path, monkeypatch, capsys
+):
+    """The embedded default (no address): started here, stopped by Ctrl-C after the first batch."""
+    import ray
+
+    from daefr.cli import ray_flags
+
+    class Interrupting(ray_flags.tqdm):
+        def update(self, n=1):  # noqa: ANN001, ANN202
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray_flags, "tqdm", Interrupting)
+    out = tmp_path / "out"
+    code = restore.main(
+        [str(faces), "-o", str(out), *TINY, "--batch-size", "1", "--ray", "--ray-actors", "1"]
+    )
+    assert code == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not ray.is_initialized()
+    assert no_temporaries(out)
+    for p in out.glob("*.png"):  # whatever was written is complete
+        Image.open(p).load()
+    assert len(list(out.glob("*.png"))) < 6
+
+
+# --- videos ---------------------------------------------------------------------------------------
+
+
+def frames_of(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("clips")
+    for name, n in (("a", 10), ("b", 7)):
+        write_clip(folder / f"{name}.mkv", synthetic_frames(n, 128, 96, no_face=(3,)), fps=Fraction(25),
+                   codec="ffv1", audio_codec="flac")  # fmt: skip
+    (folder / "notes.txt").write_text("not a video")
+    return folder
+
+
+def test_video_folder_via_ray_equals_the_single_process_batch(clips, cluster, tmp_path):
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    flags = [*TINY, "--codec", "ffv1", "--detect-workers", "1"]
+    assert cli_video.main([str(clips), "-o", str(local), *flags]) == 0
+    assert (
+        cli_video.main([str(clips), "-o", str(on_ray), *flags, f"--ray={cluster}", "--ray-actors", "2"]) == 0
+    )
+    for name, n in (("a.mkv", 10), ("b.mkv", 7)):
+        a, b = frames_of(local / name), frames_of(on_ray / name)
+        assert len(a) == len(b) == n
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+        stats = json.loads((on_ray / name).with_suffix(".stats.json").read_text())
+        assert stats["frames"] == n and stats["plan"].startswith("torch")
+    mtimes = {p.name: p.stat().st_mtime_ns for p in on_ray.iterdir()}
+    # resume: nothing to do (Ray is not even started)
+    assert cli_video.main([str(clips), "-o", str(on_ray), *flags, f"--ray={cluster}"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in on_ray.iterdir()} == mtimes
+
+
+def test_video_batch_refuses_output_onto_an_input_and_the_same_input_twice_is_one(clips, tmp_path, capsys):
+    assert cli_video.main([str(clips), "-o", str(clips), *TINY]) == 2
+    assert "is the input folder" in capsys.readouterr().err
+    a = clips / "a.mkv"
+    assert cli_video.main([str(a), str(a), "-o", str(tmp_path / "o.mkv"), *TINY]) == 2
+    assert "several videos go into a folder" in capsys.readouterr().err
