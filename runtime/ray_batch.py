@@ -86,6 +86,7 @@ class BatchResult:
     actors: int = 0
     plan: str = ""
     wall_s: float = 0.0
+    startup_s: float = 0.0  # until every actor was ready (Ray start or join, restorers built)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -235,6 +236,7 @@ def restore_images(
     try:
         with ray_pool(opts, spec) as (pool, infos):
             result.actors, result.plan = len(infos), infos[0].plan
+            result.startup_s = time.perf_counter() - t0
             report = pool.run(jobs, done)
     finally:
         remove_stray_temps(list(todo.values()), t0_ns)
@@ -324,6 +326,7 @@ def restore_videos(
         if opts is None:
             pool = LocalPool(spec)
             result.actors, result.plan = 1, pool.info.plan
+            result.startup_s = time.perf_counter() - t0
             try:
                 jobs = [
                     Job(str(it.src), "video", (it.src, it.dst, options, progress), pass_attempt=True)
@@ -333,19 +336,20 @@ def restore_videos(
             finally:
                 pool.close()
         else:
-            report = _videos_on_ray(opts, spec, todo, options, progress, done, result)
+            report = _videos_on_ray(opts, spec, todo, options, progress, done, result, t0)
     finally:
         remove_stray_temps([p for it in todo for p in (it.dst, it.stats)], t0_ns)
         ledgers.save()
     return _result(report, result, t0)
 
 
-def _videos_on_ray(opts, spec, todo, options, progress, done, result) -> PoolReport:  # noqa: ANN001
+def _videos_on_ray(opts, spec, todo, options, progress, done, result, t0) -> PoolReport:  # noqa: ANN001
     """One video per actor at a time; frames counted by a ``ProgressCounter`` actor under a key
     per attempt, so the frames of a worker that died are not counted twice."""
     ray = import_ray()
     with ray_pool(opts, spec) as (pool, infos):
         result.actors, result.plan = len(infos), infos[0].plan
+        result.startup_s = time.perf_counter() - t0
         counter = ray.remote(ProgressCounter).options(num_cpus=0).remote()
         jobs = [
             Job(str(it.src), "video", (it.src, it.dst, options, counter), pass_attempt=True) for it in todo
