@@ -47,7 +47,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         state = _read_safetensors(path)
     else:
-        state = _state_dict_of(path, _torch_load(path))
+        state = _state_dict_of(path, read_torch_file(path))
     _check_finite(path, state)
     return state
 
@@ -106,7 +106,9 @@ def _one_line(err: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _torch_load(path: Path) -> object:
+def read_torch_file(path: Path) -> object:
+    """Unpickle a torch file without running code (``daefr.safe_unpickle``); any failure is one
+    ``CheckpointError`` line naming the file. Shared by weights and training checkpoints."""
     try:
         with warnings.catch_warnings(record=True) as said:  # torch's warnings on odd files: debug log only
             warnings.simplefilter("always")

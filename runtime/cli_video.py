@@ -39,6 +39,7 @@ from daefr.runtime.face.detector import DetectorUnavailable, RetinaFaceDetector
 from daefr.runtime.plan import PlanError, PrecisionPlan
 from daefr.runtime.ray_pool import RayUsageError
 from daefr.runtime.restorers import open_restorer
+from daefr.runtime.segments import restore_video_segmented
 from daefr.runtime.video import ENCODER_PRESETS, VideoOptions, restore_video
 from daefr.runtime.video_input import VideoError, check_output_container, expected_frames, probe
 
@@ -134,6 +135,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--queue", type=int, default=8, help="frames each stage may run ahead (memory and latency bound)"
     )
     parser.add_argument("--stats", type=Path, help="latency/throughput JSON (default: OUTPUT.stats.json)")
+    parser.add_argument(
+        "--segments",
+        type=int_range(1),
+        help="restore in up to N segments split at keyframes, joined by remuxing (in this process, or "
+        "spread over the actors with --ray; fewer where the clip has fewer keyframes)",
+    )
     add_ray_flags(parser)
     add_logging_flags(parser)
     args = parser.parse_args(argv)
@@ -223,9 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         total = min(total, args.max_frames)
     try:
         with tqdm(total=total, unit="frame", desc="restoring", disable=True if args.quiet else None) as bar:
-            stats = restore_video(
-                args.input, args.output, restorer, detector, args.options, progress=bar.update
-            )
+            if args.segments is not None:
+                stats = restore_video_segmented(
+                    args.input, args.output, restorer, detector, args.options, args.segments, bar.update
+                )
+            else:
+                stats = restore_video(
+                    args.input, args.output, restorer, detector, args.options, progress=bar.update
+                )
     except (VideoError, BackendError) as err:  # BackendError: NaN/Inf faces, a failed engine run
         print(f"{PROG}: {err}", file=sys.stderr)
         return EXIT_FAILED

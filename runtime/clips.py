@@ -68,8 +68,10 @@ def write_clip(
     codec: str = "libx264",
     audio_codec: str | None = "aac",
     audio_rate: int = 48000,
+    gop: int | None = None,
 ) -> Path:
-    """Encode RGB frames (and a 440 Hz sine as long as the video, unless ``audio_codec`` is None)."""
+    """Encode RGB frames (and a 440 Hz sine as long as the video, unless ``audio_codec`` is None);
+    ``gop``: a keyframe every this many frames (None: the encoder's default)."""
     path = Path(path)
     fps = Fraction(fps)
     frames = list(frames)
@@ -78,6 +80,8 @@ def write_clip(
         video = out.add_stream(codec, rate=fps)
         video.width, video.height = w, h
         video.pix_fmt = LOSSLESS_PIX_FMT.get(codec, "yuv420p")
+        if gop is not None:
+            video.codec_context.gop_size = gop
         audio = out.add_stream(audio_codec, rate=audio_rate, layout="mono") if audio_codec else None
         for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")

@@ -1,17 +1,18 @@
 """Video face restoration: decode, detect, align, restore in batches, paste back, encode.
 
-The stages overlap, joined by bounded queues so memory stays flat on long videos:
+The stages (runtime/video_stages.py) overlap, joined by bounded queues so memory stays flat
+on long videos:
 
     reader (thread)        demux + decode (PyAV); audio packets ride along in file order
     detect (N threads)     RGB conversion + face detection, frames in any order
     align (thread)         back in file order: landmark smoothing, warp to aligned crops
-    restore (caller)       batches faces across consecutive frames, one ``restorer.restore`` each
+    restore (caller)       batches faces across consecutive frames (``BatchPolicy``)
     paste (thread)         blends the restored faces back into their frames (YUV regions only)
     writer (thread)        encode, mux (audio remuxed unchanged)
 
 Frames without faces are re-encoded from the decoded frame itself, never through RGB. The
 output is written to a temporary file and renamed at the end, so a failure leaves nothing
-under the output name.
+under the output name. The segment path (runtime/segments.py) runs the same stages.
 """
 
 from __future__ import annotations
@@ -22,25 +23,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
-import torch
 
 from daefr.atomic import atomic_path
 from daefr.runtime.backends.base import Restorer
-from daefr.runtime.clips import LOSSLESS_PIX_FMT
-from daefr.runtime.face.align import (
-    align_matrix,
-    batch_to_crops,
-    crops_to_batch,
-    face_region,
-    paste_faces,
-    warp_faces,
-)
-from daefr.runtime.face.detector import Face, FaceDetector
+from daefr.runtime.face.detector import FaceDetector
 from daefr.runtime.face.smooth import LandmarkSmoother
 from daefr.runtime.video_input import (
     VideoError,  # also imported from here by runtime/bench.py
@@ -48,14 +38,32 @@ from daefr.runtime.video_input import (
     check_complete,
     check_output_container,
     open_input,
-    output_pix_fmt,
     probe,
 )
-from daefr.runtime.yuv_patch import can_patch, patch_yuv420p
+from daefr.runtime.video_stages import (
+    CRF_CODECS,
+    STAGES,
+    AlignedFrame,
+    BatchPolicy,
+    CodeStability,
+    DecodedFrame,
+    Decoder,
+    DetectedFrame,
+    PastedFrame,
+    RestoreCounter,
+    RestoredFrame,
+    add_video_stream,
+    align,
+    detect,
+    encode,
+    output_rate,
+    paste,
+    restore_frames,
+    smooth,
+)
 
 log = logging.getLogger(__name__)
 
-CRF_CODECS = ("libx264", "libx264rgb", "libx265")
 # x264/x265 speed presets, fastest first. "medium" is their default: at 720p x264 cost 54.9 ms
 # per frame on one CI core, "veryfast" 24.3 ms (reports/cpu/stages_720p*.txt).
 ENCODER_PRESETS = (
@@ -149,24 +157,15 @@ def latency_summary(latencies_s: list[float]) -> dict[str, float]:
     }
 
 
-# -- items that travel through the queues ---------------------------------------------------
+# -- the threaded pipeline: the stages of video_stages joined by bounded queues ---------------
 @dataclass
-class _Frame:
-    seq: int  # position in the demuxed stream (frames and audio packets), for reordering
-    frame: av.VideoFrame
-    t_start: float = 0.0
-    rgb: np.ndarray | None = None
-    faces: list[Face] = field(default_factory=list)
-    matrices: list[np.ndarray] = field(default_factory=list)
-    crops: np.ndarray | None = None  # (F, R, R, 3) uint8, aligned, then restored
-    codes: np.ndarray | None = None  # (F, N) int64 code indices of the restored faces
-    restored_frame: av.VideoFrame | None = None  # what the encoder gets, faces pasted back
+class _Item:
+    """What travels through the queues: a stage's record (or an audio packet) with its place in
+    the demuxed stream (for reordering after the detect threads) and its start time."""
 
-
-@dataclass
-class _Packet:
     seq: int
-    packet: av.Packet
+    record: object  # DecodedFrame, DetectedFrame, AlignedFrame, RestoredFrame, PastedFrame, av.Packet
+    t_start: float = 0.0
 
 
 _END = object()
@@ -184,12 +183,12 @@ class _Pipeline:
         detector: FaceDetector,
         options: VideoOptions,
         progress: Callable[[int], None] | None,
+        rotation_k: int,
     ) -> None:
         self.src, self.restorer, self.detector, self.options = src, restorer, detector, options
-        self.rotation_k = 0  # quarter turns counterclockwise that make a stored frame upright
-        self.decoded_end_s: float | None = None  # where the last decoded frame ends, seconds
-        self.output_pix_fmt = ""
+        self.rotation_k = rotation_k  # quarter turns counterclockwise that make a stored frame upright
         self.progress = progress
+        self.policy = BatchPolicy(options.batch_size, options.queue_frames)
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         depth = options.queue_frames
@@ -198,13 +197,13 @@ class _Pipeline:
         self.aligned: queue.Queue = queue.Queue(depth)
         self.restored: queue.Queue = queue.Queue(depth)
         self.pasted: queue.Queue = queue.Queue(depth)
-        self.stage_s = dict.fromkeys(("decode", "detect", "align", "restore", "paste", "encode"), 0.0)
+        self.stage_s = dict.fromkeys(STAGES, 0.0)
         self._stage_lock = threading.Lock()
         self.latencies: list[float] = []
         self.stats = VideoStats()
-        self.decoded_count = 0
-        self._last_codes: np.ndarray | None = None
-        self._equal_codes = self._compared_codes = 0
+        self.stability = CodeStability()
+        self.counter = RestoreCounter()
+        self.decoder: Decoder | None = None
 
     def add_time(self, stage: str, seconds: float) -> None:
         with self._stage_lock:  # several detect workers add to the same key
@@ -242,55 +241,22 @@ class _Pipeline:
 
         return run
 
-    # -- stages -----------------------------------------------------------------------------
-    def read(self, container: av.container.InputContainer, video, audio: list) -> None:
-        limit = self.options.max_frames
-        seq = 0
-        t0 = time.perf_counter()
+    # -- stage threads ----------------------------------------------------------------------
+    def read(self, decoder: Decoder) -> None:
         try:
-            for packet in container.demux(video, *audio):
-                if packet.stream.index != video.index:
-                    if packet.dts is not None:  # the empty flush packets carry no data
-                        self.put(self.decoded, _Packet(seq, packet))
-                        seq += 1
-                    continue
-                for frame in packet.decode():
-                    self.add_time("decode", time.perf_counter() - t0)
-                    if frame.time is not None:
-                        span = (
-                            float(frame.duration * frame.time_base)
-                            if frame.duration and frame.time_base
-                            else 0.0
-                        )
-                        self.decoded_end_s = frame.time + span
-                    self.put(self.decoded, _Frame(seq, frame))
-                    seq += 1
-                    self.decoded_count += 1
-                    t0 = time.perf_counter()
-                    if limit is not None and self.decoded_count >= limit:
-                        return
-        except av.error.FFmpegError as err:
-            raise VideoError(
-                f"{self.src}: decoding failed after {self.decoded_count} frames ({err})"
-            ) from err
+            for seq, record in enumerate(decoder):
+                self.put(self.decoded, _Item(seq, record))
         finally:
+            self.add_time("decode", decoder.busy_s)
             for _ in range(self.options.detect_workers):
                 self.put(self.decoded, _END)
 
     def detect(self) -> None:
         """One of ``detect_workers`` threads; frames leave in any order."""
         while (item := self.get(self.decoded)) is not _END:
-            if isinstance(item, _Frame):
+            if isinstance(item.record, DecodedFrame):
                 item.t_start = t0 = time.perf_counter()
-                try:
-                    item.rgb = item.frame.to_ndarray(format="rgb24")
-                except (ValueError, av.error.FFmpegError) as err:  # a frame of a damaged stream
-                    raise VideoError(
-                        f"{self.src}: frame {item.seq} cannot be converted to RGB ({err})"
-                    ) from err
-                if self.rotation_k:  # upright, as a player shows it (ffmpeg's autorotate)
-                    item.rgb = np.ascontiguousarray(np.rot90(item.rgb, self.rotation_k))
-                item.faces = self.detector.detect(item.rgb)
+                item.record = detect(item.record, self.detector, self.rotation_k, self.src)
                 self.add_time("detect", time.perf_counter() - t0)
             self.put(self.detected, item)
         self.put(self.detected, _END)
@@ -299,7 +265,7 @@ class _Pipeline:
         """Restores file order (smoothing needs it), then smooths landmarks and warps crops."""
         resolution = self.restorer.resolution
         smoother = LandmarkSmoother() if self.options.smooth else None
-        waiting: dict[int, object] = {}  # seq -> item that arrived early
+        waiting: dict[int, _Item] = {}  # seq -> item that arrived early
         next_seq, ended = 0, 0
         while ended < self.options.detect_workers:
             item = self.get(self.detected)
@@ -310,19 +276,13 @@ class _Pipeline:
             while next_seq in waiting:
                 ready = waiting.pop(next_seq)
                 next_seq += 1
-                if isinstance(ready, _Frame) and ready.faces:
+                if isinstance(ready.record, DetectedFrame):
                     t0 = time.perf_counter()
-                    faces = ready.faces
-                    if smoother is not None:
-                        faces = smoother.update(faces, float(ready.frame.time or 0.0))
-                    ready.matrices = [align_matrix(f.landmarks, resolution) for f in faces]
-                    ready.crops = warp_faces(ready.rgb, ready.matrices, resolution)
-                    self.add_time("align", time.perf_counter() - t0)
-                elif isinstance(ready, _Frame):
-                    if not self.rotation_k:
-                        ready.rgb = None  # written from the decoded frame itself
-                    if smoother is not None:
-                        smoother.update([], float(ready.frame.time or 0.0))  # a gap ends the tracks
+                    det = ready.record
+                    faces = smooth(smoother, det.faces, det.decoded)
+                    ready.record = align(det.decoded, det.rgb, faces, resolution, self.rotation_k)
+                    if faces:
+                        self.add_time("align", time.perf_counter() - t0)
                 self.put(self.aligned, ready)
         self.put(self.aligned, _END)
 
@@ -336,7 +296,7 @@ class _Pipeline:
             pending, n_faces = [item], _n_faces(item)
             # Take whatever is ready without waiting: a full batch when the restorer is the
             # bottleneck, a small one (low latency) when it is not.
-            while n_faces < self.options.batch_size and len(pending) < self.options.queue_frames:
+            while not self.policy.full(n_faces, len(pending)):
                 try:
                     nxt = self.aligned.get_nowait()
                 except queue.Empty:
@@ -346,67 +306,27 @@ class _Pipeline:
                     break
                 pending.append(nxt)
                 n_faces += _n_faces(nxt)
-            if n_faces:
-                self._restore_batch([p for p in pending if _n_faces(p)])
+            frames = [p for p in pending if isinstance(p.record, AlignedFrame)]
+            restored = iter(
+                restore_frames([p.record for p in frames], self.restorer, self.policy, self.counter)
+            )
             for p in pending:
-                self._track_code_stability(p)
+                if isinstance(p.record, AlignedFrame):
+                    p.record = next(restored)
+                    self.stability.update(p.record.codes)
                 self.put(self.restored, p)
         self.put(self.restored, _END)
 
-    def _track_code_stability(self, item: object) -> None:
-        """Frames arrive here in stream order; compare each single-face frame with the last."""
-        if not isinstance(item, _Frame):
-            return  # audio packets do not break a run of frames
-        codes = item.codes[0] if item.codes is not None and len(item.codes) == 1 else None
-        if codes is not None and self._last_codes is not None:
-            self._equal_codes += int((codes == self._last_codes).sum())
-            self._compared_codes += codes.size
-            self.stats.code_stability_pairs += 1
-            self.stats.code_stability = self._equal_codes / self._compared_codes
-        self._last_codes = codes
-
-    def _restore_batch(self, frames: list[_Frame]) -> None:
-        t0 = time.perf_counter()
-        crops = np.concatenate([f.crops for f in frames])
-        out = np.empty_like(crops)
-        codes = []
-        bs = self.options.batch_size
-        with torch.inference_mode():
-            for start in range(0, len(crops), bs):
-                batch = crops_to_batch(crops[start : start + bs], self.restorer.device)
-                restored, code_idx = self.restorer.restore(batch)
-                out[start : start + bs] = batch_to_crops(restored)
-                codes.append(code_idx.cpu().numpy())
-                self.stats.batches += 1
-        all_codes = np.concatenate(codes)
-        offset = 0
-        for f in frames:
-            f.codes = all_codes[offset : offset + len(f.crops)]
-            f.crops = out[offset : offset + len(f.crops)]
-            offset += len(f.crops)
-        self.add_time("restore", time.perf_counter() - t0)
-
     def paste(self, encoder_pix_fmt: str) -> None:
-        """Blends restored faces into their frames in stream order, in its own thread so that
-        paste-back and encoding overlap instead of adding up (at 720p on one CI core: paste
-        4.4 ms, x264 24 to 55 ms per frame, reports/cpu/stages_720p*.txt). A yuv420p frame gets
-        only its face regions converted back from RGB (``yuv_patch``); other formats the whole
-        frame."""
+        """In its own thread so that paste-back and encoding overlap instead of adding up (at
+        720p on one CI core: paste 4.4 ms, x264 24 to 55 ms per frame, reports/cpu/stages_720p*.txt)."""
         while (item := self.get(self.restored)) is not _END:
-            if isinstance(item, _Frame) and item.crops is None and item.rgb is not None:
-                item.restored_frame = av.VideoFrame.from_ndarray(item.rgb, format="rgb24")  # rotated upright
-                item.rgb = None
-            elif isinstance(item, _Frame) and item.crops is not None:
+            if isinstance(item.record, RestoredFrame):
                 t0 = time.perf_counter()
-                rgb = paste_faces(item.rgb, item.crops, item.matrices)
-                if can_patch(item.frame, encoder_pix_fmt) and not self.rotation_k:
-                    h, w, r = rgb.shape[0], rgb.shape[1], item.crops.shape[1]
-                    regions = [box for m in item.matrices if (box := face_region(m, r, w, h)) is not None]
-                    item.restored_frame = patch_yuv420p(item.frame, rgb, regions)
-                else:
-                    item.restored_frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-                item.rgb = None
-                self.add_time("paste", time.perf_counter() - t0)
+                faces = item.record.aligned.n_faces
+                item.record = paste(item.record, encoder_pix_fmt, self.rotation_k)
+                if faces:
+                    self.add_time("paste", time.perf_counter() - t0)
             self.put(self.pasted, item)
         self.put(self.pasted, _END)
 
@@ -414,71 +334,39 @@ class _Pipeline:
         self, out: av.container.OutputContainer, vstream: av.video.stream.VideoStream, audio_map: dict
     ) -> None:
         while (item := self.get(self.pasted)) is not _END:
-            if isinstance(item, _Packet):
-                item.packet.stream = audio_map[item.packet.stream.index]
-                out.mux(item.packet)
+            if isinstance(item.record, av.Packet):
+                item.record.stream = audio_map[item.record.stream.index]
+                out.mux(item.record)
                 continue
             t0 = time.perf_counter()
-            if item.restored_frame is not None:
-                frame = item.restored_frame
-                frame.pts, frame.time_base = item.frame.pts, item.frame.time_base
-                if item.crops is not None:
-                    self.stats.frames_with_faces += 1
-                    self.stats.faces += len(item.crops)
-            else:
-                frame = item.frame
-                frame.pict_type = av.video.frame.PictureType.NONE  # let the encoder choose frame types
-            out.mux(vstream.encode(frame))
+            pasted: PastedFrame = item.record
+            if pasted.faces:
+                self.stats.frames_with_faces += 1
+                self.stats.faces += pasted.faces
+            encode(out, vstream, pasted)
             t1 = time.perf_counter()
             self.latencies.append(t1 - item.t_start)
             self.add_time("encode", t1 - t0)
             self.stats.frames += 1
             if self.progress is not None:
                 self.progress(1)
-        out.mux(vstream.encode(None))
+        encode(out, vstream, None)
 
 
-def _n_faces(item: object) -> int:
-    return len(item.crops) if isinstance(item, _Frame) and item.crops is not None else 0
-
-
-def _add_video_stream(out: av.container.OutputContainer, video, info: VideoInfo, options: VideoOptions):
-    stream = out.add_stream(options.codec, rate=output_rate(info))
-    stream.width, stream.height = info.width, info.height  # upright: rotated inputs are turned
-    odd = info.width % 2 or info.height % 2
-    default = LOSSLESS_PIX_FMT.get(options.codec, "yuv444p" if odd else "yuv420p")
-    stream.pix_fmt = (
-        default if options.codec in LOSSLESS_PIX_FMT else output_pix_fmt(info, options.codec, default)
-    )
-    if video.time_base is not None:
-        stream.codec_context.time_base = video.time_base  # keep the input's timestamps
-    if options.codec in CRF_CODECS:
-        stream.options = {"crf": str(options.crf)}
-        if options.encoder_preset is not None:
-            stream.options = {**stream.options, "preset": options.encoder_preset}
-    return stream
+def _n_faces(item: _Item) -> int:
+    return item.record.n_faces if isinstance(item.record, AlignedFrame) else 0
 
 
 def _output_streams(src: Path, out, video, audio: list, info: VideoInfo, options: VideoOptions):
     """The output's video stream and audio streams (input index -> output stream)."""
     try:
-        return _add_video_stream(out, video, info, options), {
+        return add_video_stream(out, video, info, options), {
             a.index: out.add_stream_from_template(a) for a in audio
         }
     except (ValueError, TypeError, AttributeError) as err:  # a damaged stream header PyAV cannot copy
         raise VideoError(
             f"{src}: its streams cannot be written to the output ({type(err).__name__}: {err})"
         ) from err
-
-
-def output_rate(info: VideoInfo) -> Fraction:
-    """The encoder's nominal rate: the input's, else frames over duration, else 25 (timestamps
-    are copied from the input either way, so a VFR input stays VFR)."""
-    if info.rate:
-        return info.rate
-    if info.frames and info.seconds:
-        return Fraction(info.frames / info.seconds).limit_denominator(1001)
-    return Fraction(25)
 
 
 def restore_video(
@@ -499,8 +387,8 @@ def restore_video(
     check_output_container(dst)
     info = probe(src)
     container, video, audio = open_input(src)
-    pipe = _Pipeline(src, restorer, detector, options, progress)
-    pipe.rotation_k = info.rotation_k
+    pipe = _Pipeline(src, restorer, detector, options, progress, info.rotation_k)
+    decoder = Decoder(src, container, video, audio, options.max_frames)
     t_start = time.perf_counter()
     try:
         with atomic_path(dst) as tmp:
@@ -511,8 +399,7 @@ def restore_video(
             ok = False
             try:
                 vstream, audio_map = _output_streams(src, out, video, audio, info, options)
-                pipe.output_pix_fmt = vstream.pix_fmt
-                stages = [("read", lambda: pipe.read(container, video, audio))]
+                stages = [("read", lambda: pipe.read(decoder))]
                 stages += [(f"detect{i}", pipe.detect) for i in range(options.detect_workers)]
                 stages += [("align", pipe.align), ("paste", lambda: pipe.paste(vstream.pix_fmt))]
                 stages += [("write", lambda: pipe.write(out, vstream, audio_map))]
@@ -524,7 +411,7 @@ def restore_video(
                     t.join()
                 if pipe.errors:
                     raise pipe.errors[0]
-                check_complete(src, info, pipe.decoded_count, pipe.decoded_end_s, options.max_frames)
+                check_complete(src, info, decoder.count, decoder.end_s, options.max_frames)
                 ok = True
             except av.error.FFmpegError as err:
                 raise VideoError(f"{dst}: encoding or muxing failed ({err})") from err
@@ -534,33 +421,54 @@ def restore_video(
     finally:
         container.close()
     stats = pipe.stats
+    stats.batches = pipe.counter.batches
+    stats.code_stability, stats.code_stability_pairs = pipe.stability.value, pipe.stability.pairs
+    pipe.stage_s["restore"] += pipe.counter.busy_s
     stats.wall_s = time.perf_counter() - t_start
     stats.fps = stats.frames / stats.wall_s if stats.wall_s > 0 else 0.0
     stats.latency_ms = latency_summary(pipe.latencies)
     stats.stage_s = pipe.stage_s
-    stats.video = {
-        "input": str(src),
-        "output": str(dst),
-        "width": info.width,
-        "height": info.height,
-        "rate": str(vstream_rate := output_rate(info)),
-        "fps_nominal": float(vstream_rate),
-        **info.to_dict(),
-        "output_pix_fmt": pipe.output_pix_fmt,
-        "audio_streams": len(audio),
-        "codec": options.codec,
-        "backend": restorer.name,
-        "device": str(restorer.device),
-        "resolution": restorer.resolution,
-        "batch_size": options.batch_size,
-        "smooth": options.smooth,
-        "detect_workers": options.detect_workers,
-    }
+    stats.video = video_report(
+        src, dst, info, options, describe_restorer(restorer), vstream.pix_fmt, len(audio)
+    )
     log.info(
         "%s: %d frames (%d with faces, %d faces) in %.1f s, %.1f frames/s",
         dst, stats.frames, stats.frames_with_faces, stats.faces, stats.wall_s, stats.fps,
     )  # fmt: skip
     return stats
+
+
+def describe_restorer(restorer: Restorer) -> dict[str, object]:
+    return {"backend": restorer.name, "device": str(restorer.device), "resolution": restorer.resolution}
+
+
+def video_report(
+    src: Path,
+    dst: Path,
+    info: VideoInfo,
+    options: VideoOptions,
+    restorer: dict[str, object],
+    output_pix_fmt: str,
+    audio_streams: int,
+) -> dict[str, object]:
+    """``VideoStats.video``: what was read and written, with what (``restorer``: describe_restorer)."""
+    rate = output_rate(info)
+    return {
+        "input": str(src),
+        "output": str(dst),
+        "width": info.width,
+        "height": info.height,
+        "rate": str(rate),
+        "fps_nominal": float(rate),
+        **info.to_dict(),
+        "output_pix_fmt": output_pix_fmt,
+        "audio_streams": audio_streams,
+        "codec": options.codec,
+        **restorer,
+        "batch_size": options.batch_size,
+        "smooth": options.smooth,
+        "detect_workers": options.detect_workers,
+    }
 
 
 def _close_output(out: av.container.OutputContainer, dst: Path, raise_errors: bool) -> None:

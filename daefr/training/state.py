@@ -1,7 +1,8 @@
 """Training checkpoints: everything a run needs to continue exactly where it stopped.
 
-One ``torch.save`` dict, written atomically (temp file + rename), readable with
-``weights_only=True`` (tensors, numbers, strings, lists, tuples, dicts only):
+One ``torch.save`` dict, written atomically (temp file + rename), read back with the
+same restricted unpickler as weights files (``daefr.checkpoint.read_torch_file``: tensors,
+numbers, strings, lists, tuples, dicts; nothing that could run code):
 
     format   "daefr-train-1"
     stage    "codebook" | "association" | "fusion"
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import pickle
 import random
 import time
 from pathlib import Path
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from daefr.atomic import atomic_path
+from daefr.checkpoint import CheckpointError, read_torch_file
 from daefr.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -112,9 +113,9 @@ def load_checkpoint(
     if not path.is_file():
         raise TrainingCheckpointError(f"{path}: no such file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        raise NotATrainingCheckpoint(f"{path}: not a readable training checkpoint ({err})") from err
+        payload = read_torch_file(path)
+    except CheckpointError as err:  # already one line naming the file
+        raise NotATrainingCheckpoint(f"{err} (reading it as a training checkpoint)") from err
     if not is_training_checkpoint(payload):
         raise NotATrainingCheckpoint(f"{path}: not a daefr-train checkpoint (no format {FORMAT!r})")
     if stages is not None and payload["stage"] not in stages:

@@ -191,20 +191,17 @@ def test_missing_input_and_unavailable_backend_exit_2(mp4_clip, tmp_path, capsys
 
 
 def test_code_stability_counts_equal_codes_between_adjacent_single_face_frames():
-    from daefr.runtime.video import VideoStats, _Frame, _Packet, _Pipeline
+    from daefr.runtime.video_stages import CodeStability
 
-    pipeline = _Pipeline.__new__(_Pipeline)  # only the stability bookkeeping is exercised
-    pipeline.stats, pipeline._last_codes = VideoStats(), None
-    pipeline._equal_codes = pipeline._compared_codes = 0
+    tracker = CodeStability()
     base = np.zeros((1, 8), np.int64)
     changed = base.copy()
     changed[0, :2] = 1
     two_faces = np.zeros((2, 8), np.int64)
-    sequence = [base, base, _Packet(0, None), changed, None, base, two_faces, base]
-    for seq, codes in enumerate(sequence):
-        item = codes if isinstance(codes, _Packet) else _Frame(seq, frame=None, codes=codes)
-        pipeline._track_code_stability(item)
-    # Pairs: (base, base) 8/8 across nothing, (base, changed) 6/8 across an audio packet;
-    # the no-face frame and the two-face frame break the runs.
-    assert pipeline.stats.code_stability_pairs == 2
-    assert pipeline.stats.code_stability == pytest.approx(14 / 16)
+    # audio packets never reach the tracker: (base, changed) stay adjacent frames
+    for codes in [base, base, changed, None, base, two_faces, base]:
+        tracker.update(codes)
+    # Pairs: (base, base) 8/8, (base, changed) 6/8; the no-face frame and the two-face frame
+    # break the runs.
+    assert tracker.pairs == 2
+    assert tracker.value == pytest.approx(14 / 16)
