@@ -192,7 +192,9 @@ def run_video_batch(args: argparse.Namespace) -> int:
         spec = worker_spec_from_args(
             args, args.plan, sources_from_args(args), det_threshold=args.det_threshold
         )
-        result = restore_videos(args.ray_options, spec, items, args.options, progress, on_total)
+        result = restore_videos(
+            args.ray_options, spec, items, args.options, progress, on_total, args.segments
+        )
         result.total += len(unreadable)
         result.failures = unreadable + result.failures
         return result

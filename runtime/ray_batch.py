@@ -34,6 +34,7 @@ from daefr.runtime.ray_pool import (
     import_ray,
     ray_session,
 )
+from daefr.runtime.ray_segments import restore_segmented
 from daefr.runtime.resume import (
     Ledgers,
     file_identity,
@@ -167,7 +168,7 @@ class LocalPool:
         for job in jobs:
             try:
                 result = getattr(self.worker, job.method)(*job.args)
-            except (VideoError, BackendError, OSError) as err:
+            except (VideoError, BackendError, OSError, ValueError) as err:
                 report.failures.append(Failure(job.key, str(err), 1))
             else:
                 on_done(job, result)
@@ -289,11 +290,13 @@ def restore_videos(
     options: Any,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    segments: int | None = None,
 ) -> BatchResult:
-    """Several videos (``opts`` None: one after the other here; else one per actor at a time).
+    """Several videos (``opts`` None: one after the other here; else spread over actors), each
+    whole or, with ``segments``, in up to that many segments (``daefr.runtime.ray_segments``).
     Each output gets its stats JSON; ``progress`` counts frames of all of them together."""
     t0, t0_ns = time.perf_counter(), time.time_ns()
-    key = settings_key(settings_for(spec, video=options))
+    key = settings_key(settings_for(spec, video=options))  # segmenting changes no frame
     ledgers, result = Ledgers(), BatchResult(total=len(items))
     todo = [
         it for it in items if not (it.stats.is_file() and ledgers.complete(it.src, it.dst, key, video_is_valid))
@@ -303,68 +306,70 @@ def restore_videos(
         log.info("resume: %d of %d videos are complete from an earlier run", result.skipped, len(items))
     if on_total is not None:
         on_total(sum(it.frames or 0 for it in todo))
-    by_src = {str(it.src): it for it in todo}
+    if not todo:
+        return _result(PoolReport(), result, t0)
     weights = (
         spec.model.label() if spec.model is not None else str(spec.sources.onnx or spec.sources.engine_dir)
     )
 
-    def done(job: Job, stats: dict[str, object]) -> None:
-        item = by_src[job.key]
-        atomic_write_text(
-            item.stats,
-            json.dumps(stats_report(stats, result.plan, weights, job.attempts + 1), indent=2) + "\n",
-        )
+    def finish(item: VideoItem, stats: dict[str, object], attempts: int = 1) -> None:
+        report = stats_report(stats, result.plan, weights, attempts)
+        atomic_write_text(item.stats, json.dumps(report, indent=2) + "\n")
         # checked against the input's frame count on resume (the output's own where unknown)
         ledgers.record(
             item.src, item.dst, key, item.frames if item.frames is not None else video_frames(item.dst)
         )
         result.done += 1
 
-    if not todo:
-        return _result(PoolReport(), result, t0)
+    by_src = {str(it.src): it for it in todo}
     try:
-        if opts is None:
-            pool = LocalPool(spec)
-            result.actors, result.plan = 1, pool.info.plan
-            result.startup_s = time.perf_counter() - t0
-            try:
-                jobs = [
-                    Job(str(it.src), "video", (it.src, it.dst, options, progress), pass_attempt=True)
-                    for it in todo
-                ]
-                report = pool.run(jobs, done)
-            finally:
-                pool.close()
-        else:
-            report = _videos_on_ray(opts, spec, todo, options, progress, done, result, t0)
+        with _video_pool(opts, spec, progress, result, t0) as (pool, sink, track, poll):
+            if segments:
+                report = restore_segmented(pool, todo, options, segments, sink, track, poll, finish)
+            else:
+                jobs = [Job(str(it.src), "video", (it.src, it.dst, options, sink, str(it.src)), pass_attempt=True)
+                        for it in todo]  # fmt: skip
+                track(jobs)
+                report = pool.run(
+                    jobs, lambda job, stats: finish(by_src[job.key], stats, job.attempts + 1), poll
+                )
+            if poll is not None:
+                poll()
     finally:
         remove_stray_temps([p for it in todo for p in (it.dst, it.stats)], t0_ns)
         ledgers.save()
     return _result(report, result, t0)
 
 
-def _videos_on_ray(opts, spec, todo, options, progress, done, result, t0) -> PoolReport:  # noqa: ANN001
-    """One video per actor at a time; frames counted by a ``ProgressCounter`` actor under a key
-    per attempt, so the frames of a worker that died are not counted twice."""
+@contextlib.contextmanager
+def _video_pool(opts: RayOptions | None, spec: WorkerSpec, progress, result: BatchResult, t0: float):  # noqa: ANN001, ANN202
+    """(pool, sink, track, poll): the workers, what they report frames to, ``track(jobs)`` to count
+    those jobs' frames, and ``poll()`` to move the progress bar (None: the workers call it)."""
+    if opts is None:
+        pool = LocalPool(spec)
+        result.actors, result.plan = 1, pool.info.plan
+        result.startup_s = time.perf_counter() - t0
+        try:
+            yield pool, progress, (lambda jobs: None), None
+        finally:
+            pool.close()
+        return
     ray = import_ray()
     with ray_pool(opts, spec) as (pool, infos):
         result.actors, result.plan = len(infos), infos[0].plan
         result.startup_s = time.perf_counter() - t0
+        # Frames are counted under "job#attempt" keys, so a dead worker's frames do not count twice.
         counter = ray.remote(ProgressCounter).options(num_cpus=0).remote()
-        jobs = [
-            Job(str(it.src), "video", (it.src, it.dst, options, counter), pass_attempt=True) for it in todo
-        ]
+        tracked: list[Job] = []
         shown = [0]
 
         def poll() -> None:
-            if progress is None:
+            if progress is None or not tracked:
                 return
             counts = ray.get(counter.snapshot.remote())
-            now = sum(counts.get(f"{job.key}#{job.attempts}", 0) for job in jobs)
+            now = sum(counts.get(f"{job.key}#{job.attempts}", 0) for job in tracked)
             if now > shown[0]:
                 progress(now - shown[0])
                 shown[0] = now
 
-        report = pool.run(jobs, done, on_poll=poll)
-        poll()
-        return report
+        yield pool, counter, tracked.extend, poll

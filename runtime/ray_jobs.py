@@ -13,11 +13,12 @@ Fault injection, for the tests of retries (inert unless set; forwarded to actors
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,21 @@ class _Throttled:
         self.pending, self.last = 0, time.monotonic()
 
 
+@contextlib.contextmanager
+def _ticker(progress: Any, key: str) -> Iterator[Callable[[int], None] | None]:
+    """A progress callback for the stages: to a ``ProgressCounter`` actor under ``key`` (the job
+    and its attempt, so a dead worker's frames are not counted twice), or ``progress`` itself."""
+    if progress is None:
+        yield None
+        return
+    send = (lambda n: progress.add.remote(key, n)) if hasattr(progress, "add") else progress
+    tick = _Throttled(send)
+    try:
+        yield tick
+    finally:
+        tick.flush()
+
+
 class RestoreWorker:
     """One restorer and its jobs. The constructor never raises: a restorer that cannot be built
     is reported by ``ready()`` (so the driver exits 2 with the reason, not a dead actor)."""
@@ -189,22 +205,34 @@ class RestoreWorker:
         _inject_fault([str(p) for p, _ in pairs])
         return restore_photos(self.restorer, dict(pairs), batch_size, self.spec.det_max_side)
 
-    def video(self, src: Path, dst: Path, options: Any, progress: Any = None, attempt: int = 0) -> dict:
-        """One video (``daefr.runtime.video.restore_video``); returns its stats as a dict.
-        ``progress``: a ``ProgressCounter`` actor told the frames as they go under
-        ``"SRC#ATTEMPT"``, or a callable (in this process)."""
+    def video(
+        self, src: Path, dst: Path, options: Any, progress: Any = None, key: str = "", attempt: int = 0
+    ) -> dict:
+        """One video (``daefr.runtime.video.restore_video``); returns its stats as a dict."""
         from daefr.runtime.video import restore_video
 
         _inject_fault([str(src)])
-        key = f"{src}#{attempt}"
-        send = (lambda n: progress.add.remote(key, n)) if hasattr(progress, "add") else progress
-        tick = _Throttled(send) if progress is not None else None
-        try:
+        with _ticker(progress, f"{key}#{attempt}") as tick:
             stats = restore_video(src, dst, self.restorer, self._face_detector(), options, progress=tick)
-        finally:
-            if tick is not None:
-                tick.flush()
         return stats.to_dict()
+
+    def detect_segment(self, src: Path, segment: Any, options: Any) -> Any:
+        """The raw faces of one segment (``daefr.runtime.segments.detect_segment``)."""
+        from daefr.runtime.segments import detect_segment
+
+        _inject_fault([f"{src}#{segment.index}"])
+        return detect_segment(src, segment, self._face_detector(), options)
+
+    def restore_segment(
+        self, src: Path, segment: Any, faces: Any, part: Path, options: Any, progress: Any = None,
+        key: str = "", attempt: int = 0,
+    ) -> Any:  # fmt: skip
+        """One segment restored into its part file (``daefr.runtime.segments.restore_segment``)."""
+        from daefr.runtime.segments import restore_segment
+
+        _inject_fault([f"{src}#{segment.index}"])
+        with _ticker(progress, f"{key}#{attempt}") as tick:
+            return restore_segment(src, segment, faces, self.restorer, part, options, progress=tick)
 
     def close(self) -> None:
         if self.restorer is not None:
