@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import tempfile
 from fractions import Fraction
 from pathlib import Path
@@ -48,6 +49,12 @@ def add_ray_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--images", type=int_range(1, 100000), default=32, help="aligned faces in the folder")
     p.add_argument("--clips", type=int_range(0, 1000), default=2, help="clips in the video folder (0: none)")
     p.add_argument("--frames", type=int_range(1, 100000), default=24, help="frames per clip")
+    p.add_argument(
+        "--segments", type=int_range(0, 1000), default=4, help="segments of the long clip (0: none)"
+    )
+    p.add_argument(
+        "--long-frames", type=int_range(1, 100000), default=64, help="frames of the segmented clip"
+    )
     p.add_argument(
         "--preset", default="tiny", help="model size (tiny: Ray's overheads and scaling, not DAEFR's speed)"
     )
@@ -89,9 +96,38 @@ def _clips(folder: Path, n: int, frames: int) -> list[Path]:
     ]
 
 
+def _segmented(args: argparse.Namespace, root: Path, run: Path, opts: Any) -> dict[str, object]:
+    """One long clip (a keyframe every 8 frames) in ``args.segments`` segments over the actors."""
+    from daefr.runtime import ray_batch
+    from daefr.runtime.clips import synthetic_frames, write_clip
+    from daefr.runtime.video import VideoOptions
+    from daefr.runtime.video_batch import video_items
+
+    long = root / "long.mp4"
+    if not long.exists():
+        write_clip(long, synthetic_frames(args.long_frames, 256, 192), fps=Fraction(25), gop=8)
+    dst, stats_path = run / "seg" / "long.mp4", run / "seg" / "long.stats.json"
+    items, _ = video_items({long: (dst, stats_path)}, None)
+    options = VideoOptions(batch_size=args.batch_size, encoder_preset="veryfast")
+    result = ray_batch.restore_videos(opts, _spec(args.preset, 1), items, options, segments=args.segments)
+    row = _row("segmented", opts.actors, args.long_frames, result)
+    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    parts = stats.get("segments", [])
+    row["items"] = len(parts)
+    row["per_item_s"] = round(row["work_s"] / max(len(parts), 1), 4)
+    row["segments"] = parts
+    row["per_segment_s"] = [round(p["detect_s"] + p["restore_s"], 4) for p in parts]
+    row["join_s"] = stats.get("join_s")
+    log.info(
+        "segmented clip, %d actor(s): %.1f s, join %.2f s", opts.actors, result.wall_s, row["join_s"] or 0
+    )
+    return row
+
+
 def _row(kind: str, actors: int, items: int, result: Any) -> dict[str, object]:
     work = result.wall_s - result.startup_s
     return {
+        "load_average_1min": round(os.getloadavg()[0], 2),  # other work on this machine skews a row
         "kind": kind,
         "actors": actors,
         "items": items,
@@ -106,14 +142,14 @@ def _row(kind: str, actors: int, items: int, result: Any) -> dict[str, object]:
 
 
 def estimate(row: dict[str, object], nodes: tuple[int, ...]) -> list[dict[str, object]]:
-    """ESTIMATE for N nodes like this one: start-up + ceil(items / N) x (work / items at 1 actor)."""
-    items, per_item, startup = (
-        int(row["items"]),
-        float(row["work_s"]) / int(row["items"]),
-        float(row["startup_s"]),
-    )
+    """ESTIMATE for N nodes like this one, from a 1-actor row: start-up + join (once, in the
+    driver; segmented clips only) + the rest of the measured work x ceil(items / N) / items."""
+    items, startup = max(int(row["items"]), 1), float(row["startup_s"])
+    join = float(row.get("join_s") or 0)
+    shared = float(row["work_s"]) - join
     return [
-        {"nodes": n, "estimated_wall_s": round(startup + math.ceil(items / n) * per_item, 2)} for n in nodes
+        {"nodes": n, "estimated_wall_s": round(startup + join + shared * math.ceil(items / n) / items, 2)}
+        for n in nodes
     ]
 
 
@@ -144,6 +180,8 @@ def run_ray_bench(args: argparse.Namespace) -> int:
                 result = ray_batch.restore_videos(opts, _spec(args.preset, 1), items, options)
                 rows.append(_row("clips", actors, len(clips), result))
                 log.info("clips, %d actor(s): %.1f s", actors, result.wall_s)
+            if args.segments:
+                rows.append(_segmented(args, root, run, opts))
     failed = [r for r in rows if r["failed"]]
     report = {
         "benchmark": "ray",
@@ -153,9 +191,10 @@ def run_ray_bench(args: argparse.Namespace) -> int:
         "weights": "random (speed only)",
         "rows": rows,
         "estimate": {
-            "ESTIMATE": "not measured: N nodes each as fast as ONE actor here; start-up once, then "
-            "ceil(items / N) x the per-item time measured with 1 actor. For GPU nodes put their "
-            "per-item time from `daefr-bench video` on such a node in its place.",
+            "ESTIMATE": "not measured: N nodes each as fast as ONE actor here (one actor per node); "
+            "start-up and the join (driver) once, the rest of the 1-actor work x ceil(items / N) / items "
+            "(items: faces, clips, segments). For GPU nodes put the per-item time `daefr-bench video` "
+            "measures on such a node in place of this CPU's.",
             **{r["kind"]: estimate(r, args.nodes) for r in rows if r["actors"] == min(args.actors)},
         },
     }
@@ -173,14 +212,20 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"daefr-bench ray, {report['date']}, preset {report['preset']} ({report['weights']})",
         f"CPU: {cpu['model']} ({cpu['cores']} logical CPUs), flags: {' '.join(cpu['flags']) or 'none of note'}",
+        "load: the 1-minute load average after the row (this machine's 2 cores are shared; above 2,",
+        "other processes took CPU time from the actors)",
         "",
-        f"{'kind':8} {'actors':>6} {'items':>6} {'wall s':>8} {'startup s':>10} {'work s':>8} {'s/item':>8}  plan",
+        f"{'kind':9} {'actors':>6} {'items':>6} {'wall s':>8} {'startup s':>10} {'work s':>8} {'s/item':>8} "
+        f"{'load':>5}  plan",
     ]
     for r in report["rows"]:
         lines.append(
-            f"{r['kind']:8} {r['actors']:>6} {r['items']:>6} {r['wall_s']:>8.2f} {r['startup_s']:>10.2f} "
-            f"{r['work_s']:>8.2f} {r['per_item_s']:>8.3f}  {r['plan']}"
+            f"{r['kind']:9} {r['actors']:>6} {r['items']:>6} {r['wall_s']:>8.2f} {r['startup_s']:>10.2f} "
+            f"{r['work_s']:>8.2f} {r['per_item_s']:>8.3f} {r['load_average_1min']:>5.1f}  {r['plan']}"
         )
+        if r["kind"] == "segmented":
+            times = ", ".join(f"{t:.2f}" for t in r["per_segment_s"])
+            lines.append(f"{'':9} per segment (detect + restore) s: {times}; join {r['join_s']} s")
     est = report["estimate"]
     lines += ["", "ESTIMATE (not a measurement): " + est["ESTIMATE"]]
     for kind, rows in est.items():

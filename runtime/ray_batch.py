@@ -167,7 +167,7 @@ class LocalPool:
         report = PoolReport()
         for job in jobs:
             try:
-                result = getattr(self.worker, job.method)(*job.args)
+                result = getattr(self.worker, job.method)(*job.call_args())
             except (VideoError, BackendError, OSError, ValueError) as err:
                 report.failures.append(Failure(job.key, str(err), 1))
             else:

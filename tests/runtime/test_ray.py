@@ -286,3 +286,43 @@ def test_video_batch_refuses_output_onto_an_input_and_the_same_input_twice_is_on
     a = clips / "a.mkv"
     assert cli_video.main([str(a), str(a), "-o", str(tmp_path / "o.mkv"), *TINY]) == 2
     assert "several videos go into a folder" in capsys.readouterr().err
+
+
+# --- one long video in segments over the actors ----------------------------------------------------
+
+
+def timing_and_audio(path: Path) -> tuple[list[float], list[bytes], Fraction]:
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        pts = [float(f.pts * f.time_base) for f in c.decode(video=0)]
+        rate = v.average_rate
+    with av.open(str(path)) as c:
+        audio = [bytes(p) for p in c.demux(audio=0) if p.size]
+    return pts, audio, rate
+
+
+def test_one_clip_in_segments_over_ray_matches_the_input_timing_audio_and_single_process_frames(
+    cluster, tmp_path, monkeypatch
+):
+    clip = write_clip(tmp_path / "long.mkv", synthetic_frames(30, 192, 144, no_face=(4, 17)), fps=Fraction(25),
+                      codec="ffv1", audio_codec="flac")  # fmt: skip
+    flags = [*TINY, "--codec", "ffv1", "--smooth", "--batch-size", "3", "--detect-workers", "1"]
+    single_out, ray_out = tmp_path / "single.mkv", tmp_path / "ray" / "long.mkv"
+    assert cli_video.main([str(clip), "-o", str(single_out), *flags]) == 0
+    monkeypatch.setenv("DAEFR_RAY_FAULT_ONCE", str(tmp_path / "died-once"))  # the first job's worker dies
+    code = cli_video.main([str(clip), "-o", str(ray_out), *flags, "--segments", "3", f"--ray={cluster}",
+                           "--ray-actors", "2"])  # fmt: skip
+    assert code == 0
+    assert (tmp_path / "died-once").exists()
+    stats = json.loads(ray_out.with_suffix(".stats.json").read_text())
+    assert len(stats["segments"]) == 3 and stats["video"]["segments"] == 3
+    assert sum(s["frames"] for s in stats["segments"]) == stats["frames"] == 30
+    src_pts, src_audio, src_rate = timing_and_audio(clip)
+    out_pts, out_audio, out_rate = timing_and_audio(ray_out)
+    assert out_pts == src_pts and out_rate == src_rate
+    assert out_audio == src_audio and src_audio  # copied, not re-encoded
+    # lossless codec, --smooth continued across the boundaries in the driver: the same frames
+    a, b = frames_of(single_out), frames_of(ray_out)
+    assert len(a) == len(b) == 30
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not [p for p in ray_out.parent.iterdir() if p.name.startswith(".long.")]  # no parts left
