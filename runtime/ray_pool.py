@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 # Bounds of the flags: more actors than this is a typo, and so are more retries.
 MAX_ACTORS = 4096
 MAX_RETRIES = 100
+# CPU threads per actor when neither --threads nor --ray-actors says: every actor holds a model
+# (the official one is about 1 GB in memory), so one per CPU would be many copies for little gain.
+DEFAULT_THREADS = 4
 # Joining a cluster takes seconds; ray.init's own retries on a silent one last many minutes.
 CONNECT_TIMEOUT_S = 60.0
 # Environment variables a job's actors receive from the driver (fault injection in tests, see
@@ -215,8 +218,8 @@ class ActorShape:
     @staticmethod
     def plan(cluster: Cluster, actors: int | None, threads: int, cuda: bool) -> ActorShape:
         """Actor count and threads that fit ``cluster`` (RayUsageError naming the flags otherwise).
-        actors None: one per GPU on CUDA, else one per ``threads`` CPUs (threads 0: one per CPU
-        when the count is also free, else the CPUs shared out)."""
+        actors None: one per GPU on CUDA, else one per ``threads`` CPUs (threads 0: the CPUs
+        shared out over the actors asked for, else DEFAULT_THREADS each)."""
         if actors is not None and not 1 <= actors <= MAX_ACTORS:
             raise RayUsageError(f"--ray-actors {actors}: must be within 1..{MAX_ACTORS}")
         if threads < 0:
@@ -232,7 +235,7 @@ class ActorShape:
             return ActorShape(n, max(threads, 1), 1)
         if cpus < 1:
             raise RayUsageError("--ray: the Ray cluster has no CPUs to run actors on")
-        per = threads or (max(1, cpus // actors) if actors else 1)
+        per = threads or (max(1, cpus // actors) if actors else min(DEFAULT_THREADS, cpus))
         n = actors or max(1, cpus // per)
         if n * per > cpus:
             raise RayUsageError(

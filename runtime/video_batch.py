@@ -65,12 +65,13 @@ def plan_video_outputs(
         for src, dst in outs.items()
     }
     named: dict[str, Path] = {}
-    for src, (dst, st) in planned.items():
+    for i, (dst, st) in enumerate(planned.values()):
         try:
             check_output_container(dst)
         except VideoError as err:
             raise OutputError(str(err)) from None
-        named[f"output of {src}"], named[f"stats of {src}"] = dst, st
+        which = "" if single else f" {i + 1} of {len(planned)}"
+        named[f"output{which}"], named[f"stats{which}"] = dst, st
     check_distinct(named, inputs=videos)
     return planned
 

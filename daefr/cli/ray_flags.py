@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -23,10 +24,23 @@ log = logging.getLogger("daefr.ray")
 DEFAULT_RETRIES = 2
 
 
+class _RayAddress(argparse.Action):
+    """``--ray [ADDRESS]`` takes the next word: an input path there is a usage error that says so
+    (argparse would otherwise report the inputs as missing)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001, ANN204
+        if values and os.path.exists(values) and values != "auto":
+            parser.error(
+                f"--ray {values}: that is an input path, not a Ray address; put --ray after the inputs "
+                "(or write --ray=ADDRESS)"
+            )
+        setattr(namespace, self.dest, values)
+
+
 def add_ray_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Ray (batch runs spread over actors; re-runs skip complete outputs)")
     group.add_argument(
-        "--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+        "--ray", nargs="?", const="", default=None, metavar="ADDRESS", action=_RayAddress,
         help="run on Ray: without ADDRESS a local Ray in this process (shut down at the end); "
         "host:port from `ray start --head` (or auto) joins that cluster. Put it after the inputs "
         "or write --ray=ADDRESS",
@@ -34,7 +48,7 @@ def add_ray_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--ray-actors", type=int_range(1, MAX_ACTORS), default=None, metavar="N",
         help="actors, each with one restorer (default: one per GPU, or one per --threads CPUs); "
-        "on CPUs --threads is each actor's thread count (0: the CPUs shared out)",
+        "on CPUs --threads is each actor's thread count (0: the CPUs shared out, 4 each by default)",
     )  # fmt: skip
     group.add_argument(
         "--retries", type=int_range(0, MAX_RETRIES), default=DEFAULT_RETRIES,

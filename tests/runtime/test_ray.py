@@ -326,3 +326,36 @@ def test_one_clip_in_segments_over_ray_matches_the_input_timing_audio_and_single
     assert len(a) == len(b) == 30
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not [p for p in ray_out.parent.iterdir() if p.name.startswith(".long.")]  # no parts left
+
+
+@pytest.mark.parametrize(
+    "cpus, gpus, actors, threads, cuda, expect",
+    [
+        (2, 0, None, 0, False, (1, 2, 0)),  # 4 threads each by default, capped at the CPUs
+        (16, 0, None, 0, False, (4, 4, 0)),
+        (16, 0, 3, 0, False, (3, 5, 0)),  # the CPUs shared out over the actors asked for
+        (16, 0, None, 2, False, (8, 2, 0)),
+        (8, 2, None, 0, True, (2, 1, 1)),  # one GPU per actor
+    ],
+)
+def test_actor_shape_fits_the_cluster(cpus, gpus, actors, threads, cuda, expect):
+    from daefr.runtime.ray_pool import ActorShape, Cluster
+
+    shape = ActorShape.plan(Cluster("x", True, cpus, gpus), actors, threads, cuda)
+    assert (shape.actors, shape.threads, shape.gpus) == expect
+
+
+@pytest.mark.parametrize(
+    "cpus, gpus, actors, threads, cuda, says",
+    [
+        (2, 0, 3, 1, False, "needs 3 CPUs and the cluster has 2"),
+        (2, 0, None, 3, False, "needs 3 CPUs"),
+        (8, 0, None, 0, True, "has no GPUs"),
+        (8, 1, 2, 0, True, "the cluster has 1"),
+    ],
+)
+def test_actor_shape_refuses_what_the_cluster_cannot_hold(cpus, gpus, actors, threads, cuda, says):
+    from daefr.runtime.ray_pool import ActorShape, Cluster, RayUsageError
+
+    with pytest.raises(RayUsageError, match=says):
+        ActorShape.plan(Cluster("x", True, cpus, gpus), actors, threads, cuda)
