@@ -359,3 +359,25 @@ def test_actor_shape_refuses_what_the_cluster_cannot_hold(cpus, gpus, actors, th
 
     with pytest.raises(RayUsageError, match=says):
         ActorShape.plan(Cluster("x", True, cpus, gpus), actors, threads, cuda)
+
+
+def test_bench_ray_writes_measurements_and_a_labelled_estimate(tmp_path):
+    from daefr.runtime import bench
+
+    out = tmp_path / "ray_batch.json"
+    args = ["ray", "--actors", "1", "--images", "3", "--clips", "0", "--segments", "0", "--nodes", "1,4",
+            "--out", str(out), "-q"]  # fmt: skip
+    assert bench.main(args) == 0
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert row["kind"] == "folder" and row["done"] == 3 and 0 < row["startup_s"] <= row["wall_s"]
+    assert report["cpu"]["model"] and "not measured" in report["estimate"]["ESTIMATE"]
+    n1, n4 = report["estimate"]["folder"]
+    assert (
+        n1["estimated_wall_s"] == pytest.approx(row["wall_s"], abs=0.02)
+        and n4["estimated_wall_s"] <= n1["estimated_wall_s"]
+    )
+    assert "ESTIMATE (not a measurement)" in out.with_suffix(".txt").read_text()
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["ray", "--actors", "0"])
+    assert exit_.value.code == 2
