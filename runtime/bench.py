@@ -298,6 +298,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only", help="comma-separated variant labels to run (e.g. 'torch fp32,openvino fp32'); default all"
     )
     network.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
+    network.add_argument(
+        "--faces", type=Path, help="folder of aligned faces at the preset's resolution to run (default: the "
+        "conformance-style synthetic input), e.g. tests/data/tiny_trained/held_out with its trained asset",
+    )  # fmt: skip
     network.add_argument("--out", type=Path, help="write the rows as JSON here (a .txt table beside it)")
     add_logging_flags(network)
     stages = sub.add_parser(
@@ -380,7 +384,10 @@ def run_network(args: argparse.Namespace) -> int:
     from daefr.export.parity import parity_images
     from daefr.precision import DTYPES
     from daefr.runtime.bench_network import (
+        FacesError,
+        cycled,
         default_plans,
+        faces_from_folder,
         format_rows,
         macs_per_face,
         matmul_peak,
@@ -392,7 +399,8 @@ def run_network(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         model = build_model(args).float()
-    except (CheckpointError, UsageError) as err:
+        faces = None if args.faces is None else faces_from_folder(args.faces, model.config.vqgan.resolution)
+    except (CheckpointError, UsageError, FacesError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return EXIT_USAGE
     device = str(next(model.parameters()).device)
@@ -413,7 +421,12 @@ def run_network(args: argparse.Namespace) -> int:
     log.info("CPU: %s, %s cores, flags %s; oneDNN bf16 kernels: %s", cpu["model"], cpu["cores"], " ".join(cpu["flags"]), isa)
     dtypes = ("fp32", "bf16") if device == "cpu" else ("fp32", "fp16", "bf16")
     peaks = {d: matmul_peak(DTYPES[d], device) for d in dtypes}
-    images = lambda b: parity_images(model, b)  # noqa: E731 (the conformance-style input)
+    if faces is None:
+        images = lambda b: parity_images(model, b)  # noqa: E731 (the conformance-style input)
+        inputs = "conformance-style synthetic input"
+    else:
+        images = lambda b: cycled(faces, b)  # noqa: E731
+        inputs = f"{len(faces)} faces of {args.faces}"
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="daefr-bench-") as tmp:
         rows = measure(model, plans, args.batches, args.iters, Path(tmp), images)
@@ -426,7 +439,8 @@ def run_network(args: argparse.Namespace) -> int:
     rows = with_peak_share(rows, macs, peaks)
     table = format_rows(rows, macs, peaks)
     header = (
-        f"daefr-bench network --preset {args.preset} ({'random weights' if args.random_weights else args.ckpt}); "
+        f"daefr-bench network --preset {args.preset} ({'random weights' if args.random_weights else args.ckpt}; "
+        f"{inputs}); "
         f"{device_description(device)}; flags {' '.join(cpu['flags'])}; oneDNN bf16: {isa}; "
         f"torch threads {torch.get_num_threads()}; load average {load['before']} -> {load['after']} "
         f"on {load['cores']} cores (other jobs share them: compare rows of one run only)"
@@ -442,6 +456,7 @@ def run_network(args: argparse.Namespace) -> int:
             "versions": versions(),
             "preset": args.preset,
             "weights": "random (seeded)" if args.random_weights else str(args.ckpt),
+            "inputs": inputs,
             "gmac_per_face": macs / 1e9,
             "peak_gmac_per_s": {k: v / 1e9 for k, v in peaks.items()},
             "torch_threads": torch.get_num_threads(),

@@ -105,6 +105,40 @@ def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, seconds: float =
     return n**3 / best
 
 
+class FacesError(ValueError):
+    """A ``--faces`` folder that cannot be used; the message names it and what to try."""
+
+
+def faces_from_folder(folder: str | Path, resolution: int) -> torch.Tensor:
+    """The aligned faces in ``folder`` (R x R images, sorted by name) -> (F, 3, R, R) float32 in
+    [-1, 1]. FacesError if the folder is missing or empty, an image unreadable or of another size."""
+    from daefr.image_io import ImageReadError, images_in_folder, read_image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FacesError(f"--faces {folder}: not a folder; pass a folder of aligned {resolution}x{resolution} faces")
+    paths = images_in_folder(folder)
+    if not paths:
+        raise FacesError(f"--faces {folder}: no images in it")
+    faces = []
+    for path in paths:
+        try:
+            rgb = read_image(path)
+        except ImageReadError as err:
+            raise FacesError(f"--faces: {err}") from err
+        if rgb.shape[:2] != (resolution, resolution):
+            raise FacesError(
+                f"--faces: {path} is {rgb.shape[1]}x{rgb.shape[0]}, the preset takes {resolution}x{resolution} faces"
+            )
+        faces.append(rgb)
+    return torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (F, 3, R, R)
+
+
+def cycled(faces: torch.Tensor, batch: int) -> torch.Tensor:
+    """(F, 3, R, R) -> (batch, 3, R, R): the faces in order, repeated as needed."""
+    return faces[torch.arange(batch) % faces.shape[0]]
+
+
 def psnr_db(got: torch.Tensor, want: torch.Tensor) -> float:
     """PSNR of images in [-1, 1] (peak-to-peak 2)."""
     mse = torch.mean((got.double() - want.double()) ** 2).item()
@@ -119,7 +153,8 @@ def _timed_call(restorer, batch: torch.Tensor) -> tuple[float, torch.Tensor, tor
     return time.perf_counter() - t0, restored, code_idx
 
 
-def _why_not(plan: PrecisionPlan, sources: Sources) -> str | None:
+def why_not(plan: PrecisionPlan, sources: Sources) -> str | None:
+    """Why ``plan`` cannot run here (its backend is missing, or cannot take its precision), or None."""
     why = None if plan.backend == "torch" else unavailable(plan.backend, plan, sources)
     if why is None:
         try:
@@ -150,7 +185,7 @@ def measure(
     skipped: dict[str, str] = {}
     try:
         for plan in plans:
-            why = _why_not(plan, sources)
+            why = why_not(plan, sources)
             t0 = time.perf_counter()
             if why is None:
                 try:

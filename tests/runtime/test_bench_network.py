@@ -4,6 +4,7 @@ fields the committed reports use, the floor from a matmul measured in the same r
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,3 +68,38 @@ def test_the_official_network_is_453_gmac_per_face():
     with torch.device("meta"):
         model = DAEFR(DAEFRConfig.from_name("official"))
     assert macs_per_face(model) / 1e9 == pytest.approx(OFFICIAL_GMAC_PER_FACE, rel=1e-3)
+
+
+ASSET_DIR = Path(__file__).resolve().parents[1] / "data" / "tiny_trained"
+
+
+def test_network_runs_the_trained_asset_on_its_held_out_faces(tmp_path, capsys):
+    out = tmp_path / "net.json"
+    argv = ["network", "--preset", "tiny", "--ckpt", str(ASSET_DIR / "daefr_tiny.safetensors"),
+            "--faces", str(ASSET_DIR / "held_out"), "--batches", "3", "--iters", "1", "--threads", "1",
+            "--only", "torch bf16 channels_last", "--out", str(out), "-q"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["weights"].endswith("daefr_tiny.safetensors") and "faces of" in report["inputs"]
+    assert "held_out" in capsys.readouterr().out
+    bf16 = report["rows"][1]
+    assert bf16["variant"] == "torch bf16 channels_last" and bf16["batch"] == 3 and bf16["skipped"] is None
+
+
+@pytest.mark.parametrize("case", ["missing", "file", "empty", "wrong-size", "not-an-image"])
+def test_network_faces_that_cannot_be_used_exit_2(tmp_path, capsys, case):
+    from PIL import Image
+
+    faces = tmp_path / "faces"
+    if case == "file":
+        faces.write_text("x")
+    elif case != "missing":
+        faces.mkdir()
+    if case == "wrong-size":
+        Image.new("RGB", (32, 32)).save(faces / "a.png")
+    if case == "not-an-image":
+        (faces / "a.png").write_text("not a png")
+    argv = ["network", "--preset", "tiny", "--random-weights", "--faces", str(faces), "-q"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("daefr-bench: --faces") and str(faces) in err
