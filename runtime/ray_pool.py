@@ -145,23 +145,28 @@ def ray_session(address: str | None = None, verbose: bool = False) -> Iterator[C
         # 127.0.0.1 is found there. Read when ray is first imported, hence before the import.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = import_ray()
-    common = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
+    # configure_logging=False: Ray would put its own handler on the root logger (our CLIs set up
+    # logging at their edge, and a handler holding a closed stream outlives the session).
+    common = {"log_to_driver": verbose, "configure_logging": False}
+    # ray.init installs its own SIGTERM handler and ray.shutdown leaves it: put the caller's back.
+    before = signal.getsignal(signal.SIGTERM) if _main_thread() else None
     if address is None:
         try:
             ray.init(include_dashboard=False, **common)
         except (ConnectionError, RuntimeError, ValueError, OSError) as err:
-            ray.shutdown()
+            _shutdown(ray, before)
             raise RayUnavailable(f"--ray: the local Ray did not start ({_first_line(err)})") from None
     else:
         try:
             with _watchdog(address, CONNECT_TIMEOUT_S):
                 ray.init(address=address, **common)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            ray.shutdown()
+            _shutdown(ray, before)
             raise RayUnavailable(f"--ray {address}: cannot join the cluster ({_why_not(ray, err)})") from None
-    # ray.init installs its own SIGTERM handler; ours unwinds like Ctrl-C so every ``finally``
-    # (the shutdown below, temporary files) runs, then exits 128 + 15.
-    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
+    # Ours unwinds like Ctrl-C so every ``finally`` (the shutdown below, temporary files) runs,
+    # then exits 128 + 15.
+    if before is not None:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         resources = ray.cluster_resources()
         cluster = Cluster(
@@ -176,9 +181,13 @@ def ray_session(address: str | None = None, verbose: bool = False) -> Iterator[C
         )  # fmt: skip
         yield cluster
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        ray.shutdown()  # local: stops the cluster; connected: disconnects (our actors go with us)
+        _shutdown(ray, before)  # local: stops the cluster; connected: disconnects (our actors go too)
+
+
+def _shutdown(ray, sigterm_handler: object) -> None:  # noqa: ANN001
+    ray.shutdown()
+    if sigterm_handler is not None:
+        signal.signal(signal.SIGTERM, sigterm_handler)
 
 
 def _why_not(ray, err: BaseException) -> str:  # noqa: ANN001

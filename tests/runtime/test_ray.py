@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import textwrap
@@ -231,9 +233,13 @@ def test_local_ray_is_shut_down_after_ctrl_c_and_leaves_no_partial_output(
 
     monkeypatch.setattr(ray_flags, "tqdm", Interrupting)
     out = tmp_path / "out"
+    handlers, sigterm = list(logging.getLogger().handlers), signal.getsignal(signal.SIGTERM)
     code = restore.main(
         [str(faces), "-o", str(out), *TINY, "--batch-size", "1", "--ray", "--ray-actors", "1"]
     )
+    # Ray leaves this process as it found it: no handler of its own on the root logger, and
+    # the SIGTERM handler ray.init installs is gone
+    assert logging.getLogger().handlers == handlers and signal.getsignal(signal.SIGTERM) == sigterm
     assert code == 130
     assert "interrupted" in capsys.readouterr().err
     assert not ray.is_initialized()
