@@ -10,6 +10,7 @@ with its ratio to eager PyTorch fp32. Backends that cannot run are listed with t
 ``daefr-bench network``: every backend x precision side by side on the network alone, with
 code agreement, PSNR and % of this machine's matmul peak (``bench_network``).
 ``daefr-bench serve``: daefr-serve over HTTP/gRPC vs in-process calls (``serve/bench.py``).
+``daefr-bench ray``: --ray batch runs with 1, 2... actors, and an estimate for N nodes (``bench_ray``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from daefr.cli.plan_flags import add_precision_flags, plan_from_args, precision_
 from daefr.outputs import OutputError, check_output_file
 from daefr.runtime.backends import BACKEND_CHOICES, BackendError, BackendUnavailable, PlanError, Restorer
 from daefr.runtime.backends.trt_backend import TRT_MISSING
+from daefr.runtime.bench_ray import add_ray_parser, run_ray_bench
 from daefr.runtime.cli_video import (
     add_encoder_preset_flag,
     add_restorer_flags,
@@ -304,6 +306,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     stages.add_argument("--out", type=Path, help="write the results as JSON here")
     add_logging_flags(stages)
     serve = add_serve_parser(sub)
+    add_ray_parser(sub)
     args = parser.parse_args(argv)
     try:  # the results' path is checked before minutes of measuring
         if getattr(args, "out", None) is not None:
@@ -320,6 +323,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         return args
     if args.command == "serve":
         return check_serve_args(serve, args)
+    if args.command == "ray":
+        return args
     if args.command == "stages":
         if args.frames < 1 or args.resolution < 16:
             stages.error("--frames must be >= 1 and --resolution >= 16")
@@ -474,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_network(args)
     if args.command == "serve":
         return run_serve_bench(args, PROG)
+    if args.command == "ray":
+        return run_ray_bench(args)
     torch.manual_seed(0)
     np.random.seed(0)
     results = []

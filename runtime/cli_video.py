@@ -30,6 +30,7 @@ from daefr.cli.common import (
     setup_logging,
 )
 from daefr.cli.plan_flags import add_plan_flags, plan_from_args, sources_from_args
+from daefr.cli.ray_flags import add_ray_flags, ray_options_from_args, run_batch, worker_spec_from_args
 from daefr.image_io import is_regular_file
 from daefr.model import DAEFR
 from daefr.outputs import OutputError, check_distinct
@@ -38,6 +39,7 @@ from daefr.runtime.auto import check_sources
 from daefr.runtime.backends import BackendError, BackendUnavailable, Restorer
 from daefr.runtime.face.detector import DetectorUnavailable, RetinaFaceDetector
 from daefr.runtime.plan import PlanError, PrecisionPlan
+from daefr.runtime.ray_pool import RayUsageError
 from daefr.runtime.restorers import open_restorer
 from daefr.runtime.segments import restore_video_segmented
 from daefr.runtime.video import ENCODER_PRESETS, VideoOptions, restore_video
@@ -103,9 +105,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Restore every face in a video with DAEFR (frame count, rate and audio kept).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("input", type=Path, help="input video")
     parser.add_argument(
-        "-o", "--output", type=Path, required=True, help="output video (container from the suffix)"
+        "input",
+        type=Path,
+        nargs="+",
+        help="input video, or several videos / folders of them (then -o is a folder)",
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="output video (container from the suffix), or folder"
     )
     add_restorer_flags(parser)
     add_quality_flag(parser)
@@ -139,13 +146,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--segments",
         type=int_range(1),
-        help="restore in up to N segments split at keyframes, joined by remuxing (one process; "
-        "fewer where the clip has fewer keyframes)",
+        help="restore in up to N segments split at keyframes, joined by remuxing (in this process, or "
+        "spread over the actors with --ray; fewer where the clip has fewer keyframes)",
     )
+    add_ray_flags(parser)
     add_logging_flags(parser)
     args = parser.parse_args(argv)
     check_restorer_flags(parser, args)
     try:
+        args.ray_options = ray_options_from_args(args)
         args.options = VideoOptions(
             batch_size=args.batch_size,
             smooth=args.smooth,
@@ -156,8 +165,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             queue_frames=args.queue,
             detect_workers=args.detect_workers,
         )
-    except ValueError as err:
+    except (ValueError, RayUsageError) as err:
         parser.error(str(err))
+    # Several videos, a folder, or --ray: the batch path (daefr.runtime.ray_batch), which resumes.
+    args.batch = args.ray_options is not None or len(args.input) > 1 or args.input[0].is_dir()
+    if args.batch:
+        if args.stats is not None and (len(args.input) > 1 or args.input[0].is_dir()):
+            parser.error("--stats: with several videos each output's stats go beside it (OUTPUT.stats.json)")
+        return args
+    args.input = args.input[0]
     args.stats = args.stats or args.output.with_suffix(".stats.json")
     try:  # where the run writes is settled before anything is decoded or built
         check_output_container(args.output)
@@ -167,9 +183,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def run_video_batch(args: argparse.Namespace) -> int:
+    """Several videos (or --ray): one after the other here, or spread over Ray actors."""
+    from daefr.runtime.ray_batch import restore_videos
+    from daefr.runtime.video_batch import plan_video_outputs, video_items
+
+    try:
+        items, unreadable = video_items(
+            plan_video_outputs(args.input, args.output, args.stats), args.max_frames
+        )
+    except OutputError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+    def run(progress, on_total):  # noqa: ANN001, ANN202
+        spec = worker_spec_from_args(
+            args, args.plan, sources_from_args(args), det_threshold=args.det_threshold
+        )
+        result = restore_videos(
+            args.ray_options, spec, items, args.options, progress, on_total, args.segments
+        )
+        result.total += len(unreadable)
+        result.failures = unreadable + result.failures
+        return result
+
+    return run_batch(PROG, "frame", args.quiet, run, item="video")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args)
+    if args.batch:
+        return run_video_batch(args)
     if not is_regular_file(args.input):
         what = "not a regular file (a folder, FIFO or device)" if args.input.exists() else "no such file"
         print(f"{PROG}: {args.input}: {what}", file=sys.stderr)

@@ -25,6 +25,7 @@ from daefr.cli.common import (
     setup_logging,
 )
 from daefr.cli.plan_flags import add_plan_flags, plan_from_args, sources_from_args
+from daefr.cli.ray_flags import add_ray_flags, ray_options_from_args, run_batch, worker_spec_from_args
 from daefr.image_io import ImageReadError, list_images, read_image, rgb_to_tensor, tensor_to_rgb, write_rgb
 from daefr.model import DAEFR
 from daefr.outputs import OutputError, check_output_dir, plan_outputs
@@ -33,6 +34,7 @@ from daefr.runtime.auto import check_sources
 from daefr.runtime.backends import BackendError, BackendUnavailable, PlanError, Restorer
 from daefr.runtime.backends.base import NonFiniteOutput
 from daefr.runtime.plan import PrecisionPlan
+from daefr.runtime.ray_pool import RayUsageError
 from daefr.runtime.restorers import open_restorer
 
 log = logging.getLogger("daefr.restore")
@@ -61,14 +63,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1280,
         help="--unaligned: detect on photos downscaled to this side (raise it for small faces in big photos)",
     )
+    add_ray_flags(parser)
     add_logging_flags(parser)
     args = parser.parse_args(argv)
     try:
+        args.ray_options = ray_options_from_args(args)
         args.plan = plan_from_args(args)
         args.sources = sources_from_args(args)
         if args.plan.backend != "auto":
             check_sources(args.plan, args.sources)
-    except PlanError as err:
+    except (PlanError, RayUsageError) as err:
         parser.error(str(err))
     return args
 
@@ -140,6 +144,20 @@ def restore_photos(
     return failures
 
 
+def restore_on_ray(args: argparse.Namespace, outputs: dict[Path, Path]) -> int:
+    """--ray: the same restoration spread over Ray actors (daefr.runtime.ray_batch); resumes."""
+    from daefr.runtime.ray_batch import restore_images
+
+    def run(progress, on_total):  # noqa: ANN001, ANN202
+        sources = replace(args.sources, expected_faces=len(outputs))
+        spec = worker_spec_from_args(args, args.plan, sources)
+        return restore_images(
+            args.ray_options, spec, outputs, args.batch_size, args.unaligned, progress, on_total
+        )
+
+    return run_batch("daefr-restore", "photo" if args.unaligned else "face", args.quiet, run)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args)
@@ -154,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     try:  # where every output goes is settled before the model is built
         check_output_dir(args.out_dir, [p for p in args.inputs if p.is_dir()])
         outputs = plan_outputs(paths, args.out_dir)
+        if args.ray_options is not None:
+            return restore_on_ray(args, outputs)
         with tempfile.TemporaryDirectory(prefix="daefr-restore-") as workdir:
             # Aligned inputs are one face each; photos hold at least one.
             sources = replace(args.sources, expected_faces=len(paths))
