@@ -189,21 +189,21 @@ class RestoreWorker:
         """Aligned faces (input -> output) in one batch as daefr-restore makes it; the inputs in
         ``skip`` (complete already) are restored only as batch-mates, into scratch files. One
         message per file that could not be read."""
-        from daefr.cli.restore import restore_files  # the single-process code, for the same bytes
+        from daefr.runtime.image_files import restore_face_files  # daefr-restore's code: the same bytes
 
         _inject_fault([str(p) for p, _ in pairs if p not in skip])
         with tempfile.TemporaryDirectory(prefix="daefr-ray-skip-") as scratch:
             outputs = {
                 src: Path(scratch) / f"{i}.png" if src in skip else dst for i, (src, dst) in enumerate(pairs)
             }
-            return restore_files(self.restorer, outputs, batch_size)
+            return restore_face_files(self.restorer, outputs, batch_size)
 
     def photos(self, pairs: list[tuple[Path, Path]], batch_size: int, skip: list[Path] = ()) -> list[str]:
         """Whole photos: every face detected, restored and pasted back (daefr-restore --unaligned)."""
-        from daefr.cli.restore import restore_photos
+        from daefr.runtime.image_files import restore_photo_files
 
         _inject_fault([str(p) for p, _ in pairs])
-        return restore_photos(self.restorer, dict(pairs), batch_size, self.spec.det_max_side)
+        return restore_photo_files(self.restorer, dict(pairs), batch_size, self.spec.det_max_side)
 
     def video(
         self, src: Path, dst: Path, options: Any, progress: Any = None, key: str = "", attempt: int = 0

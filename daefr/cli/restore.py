@@ -9,9 +9,6 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
 from daefr.checkpoint import CheckpointError
 from daefr.cli.common import (
     EXIT_FAILED,
@@ -26,13 +23,14 @@ from daefr.cli.common import (
 )
 from daefr.cli.plan_flags import add_plan_flags, plan_from_args, sources_from_args
 from daefr.cli.ray_flags import add_ray_flags, ray_options_from_args, run_batch, worker_spec_from_args
-from daefr.image_io import ImageReadError, list_images, read_image, rgb_to_tensor, tensor_to_rgb, write_rgb
+from daefr.image_io import list_images
 from daefr.model import DAEFR
 from daefr.outputs import OutputError, check_output_dir, plan_outputs
-from daefr.quality.cli import add_quality_flag, build_model_with_quality
+from daefr.quality.cli import add_quality_flag, plan_with_quality
 from daefr.runtime.auto import check_sources
-from daefr.runtime.backends import BackendError, BackendUnavailable, PlanError, Restorer
+from daefr.runtime.backends import BackendError, BackendUnavailable, PlanError
 from daefr.runtime.backends.base import NonFiniteOutput
+from daefr.runtime.image_files import restore_face_files, restore_photo_files
 from daefr.runtime.plan import PrecisionPlan
 from daefr.runtime.ray_pool import RayUsageError
 from daefr.runtime.restorers import open_restorer
@@ -78,70 +76,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def plan_for_weights(args: argparse.Namespace) -> tuple[PrecisionPlan, DAEFR | None]:
-    """(the plan, the model) for weight flags: an IQPFR-conditioned checkpoint runs on the torch
-    backend at ``--quality`` (its quality input is in no end-to-end export yet, so another
-    backend would silently drop it); ``--quality`` with any other weights is a UsageError."""
-    if not (args.ckpt or args.random_weights):
-        if args.quality is not None:
-            raise UsageError("--quality needs --ckpt with an IQPFR checkpoint (iqpfr.pt)")
-        return args.plan, None
-    if args.quality is not None and args.unaligned:
+    """(the plan, the model) for the weight flags and ``--quality`` (``plan_with_quality``'s
+    rules); the photo pipeline has no quality condition yet."""
+    if args.quality is not None and args.unaligned and (args.ckpt or args.random_weights):
         raise UsageError("--quality with --unaligned: the photo pipeline has no quality condition yet")
-    model = build_model_with_quality(args, build_model)
-    if model.config.quality is None:
-        return args.plan, model
-    if args.plan.backend not in ("auto", "torch"):
-        raise UsageError(
-            f"--backend {args.plan.backend}: an IQPFR-conditioned checkpoint runs on the torch backend only "
-            "(no exported graph carries its quality input yet)"
-        )
-    model.iqp.run_quality = args.quality
-    return replace(args.plan, backend="torch"), model
-
-
-def restore_files(restorer: Restorer, outputs: dict[Path, Path], batch_size: int) -> list[str]:
-    """Restore every readable file (input -> output path); returns one message per file that failed."""
-    resolution = restorer.resolution
-    failures: list[str] = []
-    paths = list(outputs)
-    progress = tqdm(total=len(paths), unit="face", desc="restoring", disable=None)
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        names, images = [], []
-        for path in chunk:
-            try:
-                images.append(rgb_to_tensor(read_image(path), resolution, name=str(path)))
-                names.append(path)
-            except ImageReadError as err:
-                failures.append(str(err))
-                log.error("skipped %s", err)
-        if images:
-            restored_batch, _ = restorer.restore(torch.stack(images))  # NaN/Inf refused there
-            for path, restored in zip(names, restored_batch.cpu(), strict=True):
-                write_rgb(outputs[path], tensor_to_rgb(restored))
-        progress.update(len(chunk))
-    progress.close()
-    return failures
-
-
-def restore_photos(
-    restorer: Restorer, outputs: dict[Path, Path], batch_size: int, det_max_side: int
-) -> list[str]:
-    """Whole photos: every detected face restored and pasted back; one message per failure."""
-    from daefr.runtime.face.detector import RetinaFaceDetector
-    from daefr.runtime.photo import restore_photo
-
-    detector = RetinaFaceDetector(max_side=det_max_side)
-    failures: list[str] = []
-    for path in tqdm(list(outputs), unit="photo", desc="restoring", disable=None):
-        try:
-            rgb = read_image(path)
-        except ImageReadError as err:
-            failures.append(str(err))
-            log.error("skipped %s", err)
-            continue
-        write_rgb(outputs[path], restore_photo(rgb, restorer, detector, batch_size))
-    return failures
+    return plan_with_quality(args, args.plan)
 
 
 def restore_on_ray(args: argparse.Namespace, outputs: dict[Path, Path]) -> int:
@@ -189,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     try:
         if args.unaligned:
-            failures = restore_photos(restorer, outputs, args.batch_size, args.det_max_side)
+            failures = restore_photo_files(restorer, outputs, args.batch_size, args.det_max_side)
         else:
-            failures = restore_files(restorer, outputs, args.batch_size)
+            failures = restore_face_files(restorer, outputs, args.batch_size)
     except NonFiniteOutput as err:
         print(f"daefr-restore: {err}", file=sys.stderr)
         return EXIT_FAILED
