@@ -305,3 +305,37 @@ def test_a_stream_without_usable_timestamps_runs_as_one_segment(
     stats = seg.restore_video_segmented(gop_clip, out, restorer, detector, VideoOptions(), 3)
     got, src = read(out), read(gop_clip)
     assert stats.frames == N_FRAMES and got["pts_s"] == src["pts_s"] and got["audio"] == src["audio"]
+
+
+# -- review findings --------------------------------------------------------------------------
+def packet_timing(path: Path) -> tuple[list[int], list[int], object, Fraction]:
+    """(pts in presentation order, their durations, the time base, the average rate)."""
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        packets = sorted((p.pts, p.duration) for p in c.demux(v) if p.size)
+        return [p for p, _ in packets], [d for _, d in packets], v.time_base, v.average_rate
+
+
+def seconds(ticks: list[int], tb) -> list[float]:
+    return [round(float(t * tb), 6) for t in ticks]
+
+
+@pytest.mark.parametrize(("suffix", "max_frames"), [(".mkv", None), (".mp4", 7), (".mkv", 7)])
+def test_joined_frame_durations_are_the_inputs(tmp_path, restorer, detector, suffix, max_frames):
+    """Matroska's 1/1000 time base against a part's MOV 1/16000 (durations must be rescaled),
+    and a part ending on a B-frame (MOV stretches its last sample to the track end): every
+    joined frame lasts what it lasts in the input, in the input's and the single path's rate."""
+    clip = write_clip(tmp_path / f"in{suffix}", synthetic_frames(24, 128, 96), fps=FPS, gop=6)
+    options = VideoOptions(max_frames=max_frames)
+    restore_video(clip, tmp_path / f"a{suffix}", restorer, detector, options)
+    stats = seg.restore_video_segmented(clip, tmp_path / f"b{suffix}", restorer, detector, options, 3)
+    assert stats.video["segments"] == (3 if max_frames is None else 2)  # keyframes at 0, 6 of 7
+    src_pts, src_dur, src_tb, _ = packet_timing(clip)
+    a_pts, a_dur, a_tb, a_rate = packet_timing(tmp_path / f"a{suffix}")
+    b_pts, b_dur, b_tb, b_rate = packet_timing(tmp_path / f"b{suffix}")
+    n = max_frames or len(src_pts)
+    assert seconds(b_pts, b_tb) == seconds(src_pts[:n], src_tb) == seconds(a_pts, a_tb)
+    assert seconds(b_dur, b_tb) == seconds(src_dur[:n], src_tb)
+    assert b_rate == a_rate == FPS
+    with av.open(str(tmp_path / f"a{suffix}")) as a, av.open(str(tmp_path / f"b{suffix}")) as b:
+        assert b.streams.video[0].duration == a.streams.video[0].duration
