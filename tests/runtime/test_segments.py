@@ -287,6 +287,10 @@ def test_max_frames_stops_the_segmented_run_like_the_single_process_one(
     assert stats.frames == len(b["rgb"]) == 11 and b["pts_s"] == a["pts_s"] == src["pts_s"][:11]
     assert stats.video["segments"] == 2  # keyframes at 0 and 8 within the first 11 frames
     assert b["audio"] == src["audio"][: len(b["audio"])] and len(b["audio"]) < len(src["audio"])
+    # the audio lasts to the end of the last frame (not its start), as the single path's does
+    with av.open(str(gop_clip)) as c:
+        starts = [float(p.pts * p.time_base) for p in c.demux(audio=0) if p.size]
+    assert len(b["audio"]) == sum(t < 11 / FPS for t in starts) <= len(a["audio"])
 
 
 def test_a_stream_without_usable_timestamps_runs_as_one_segment(
