@@ -38,7 +38,7 @@ from pathlib import Path
 
 import av
 
-from daefr.atomic import atomic_path
+from daefr.atomic import atomic_path, terminable
 from daefr.runtime.backends.base import Restorer
 from daefr.runtime.face.detector import Face, FaceDetector
 from daefr.runtime.face.smooth import LandmarkSmoother
@@ -409,10 +409,16 @@ def restore_video_segmented(
     check_joinable(dst)
     if dst.resolve() == src.resolve():
         raise VideoError(f"{dst}: the output would overwrite the input; choose another path")
+    with terminable():  # SIGTERM/SIGHUP at any stage unwinds: the parts' folder is removed
+        return _restore_segmented(src, dst, restorer, detector, options, max_segments, progress, min_frames)
+
+
+def _restore_segmented(src, dst, restorer, detector, options, max_segments, progress, min_frames) -> VideoStats:
     t_start = time.perf_counter()
     plan = plan_segments(src, max_segments, min_frames, options.max_frames)
     faces = smooth_landmarks([detect_segment(src, s, detector, options) for s in plan], options)
     suffix = part_suffix(options.codec)
+    dst.parent.mkdir(parents=True, exist_ok=True)  # as atomic_path does for the single path
     with tempfile.TemporaryDirectory(prefix=f".{dst.stem}.segments-", dir=dst.parent) as workdir:
         results = [
             restore_segment(

@@ -343,3 +343,56 @@ def test_joined_frame_durations_are_the_inputs(tmp_path, restorer, detector, suf
     assert b_rate == a_rate == FPS
     with av.open(str(tmp_path / f"a{suffix}")) as a, av.open(str(tmp_path / f"b{suffix}")) as b:
         assert b.streams.video[0].duration == a.streams.video[0].duration
+
+
+def test_a_missing_output_folder_is_created_as_in_the_single_path(gop_clip, tmp_path, restorer, detector):
+    out = tmp_path / "new" / "deeper" / "o.mp4"
+    stats = seg.restore_video_segmented(gop_clip, out, restorer, detector, VideoOptions(max_frames=9), 2)
+    assert stats.frames == 9 and sorted(p.name for p in out.parent.iterdir()) == ["o.mp4"]
+
+
+TERMINATED_RUN = """
+import sys, time
+from daefr.runtime import segment_join
+from daefr.runtime.backends.ort_backend import OrtRestorer
+from daefr.runtime.face import RetinaFaceDetector
+from daefr.runtime.segments import restore_video_segmented
+stage = sys.argv[4]
+class Detector(RetinaFaceDetector):
+    def detect(self, rgb):
+        if stage == "detect":
+            print("ready", flush=True)
+            time.sleep(60)
+        return super().detect(rgb)
+real = segment_join._index_part
+def index_part(part):
+    if stage == "index":
+        print("ready", flush=True)
+        time.sleep(60)
+    return real(part)
+segment_join._index_part = index_part
+restore_video_segmented(sys.argv[1], sys.argv[2], OrtRestorer(sys.argv[3], threads=1), Detector(),
+                        None, 3)
+"""
+
+
+@pytest.mark.parametrize("stage", ["detect", "index"])
+def test_sigterm_at_any_stage_leaves_nothing(gop_clip, tmp_path, tiny_onnx, stage):
+    """SIGTERM in the detection pass (before any file is written) or while the join indexes the
+    parts (before the output's atomic write opens): the run unwinds, the parts' folder goes."""
+    out = tmp_path / "out" / "o.mp4"
+    out.parent.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TERMINATED_RUN, str(gop_clip), str(out), str(tiny_onnx), stage],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        if stage == "index":
+            assert [p.name for p in out.parent.iterdir()][0].startswith(".o.segments-")  # parts there
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert list(out.parent.iterdir()) == []
