@@ -413,7 +413,9 @@ def restore_video_segmented(
         return _restore_segmented(src, dst, restorer, detector, options, max_segments, progress, min_frames)
 
 
-def _restore_segmented(src, dst, restorer, detector, options, max_segments, progress, min_frames) -> VideoStats:
+def _restore_segmented(
+    src, dst, restorer, detector, options, max_segments, progress, min_frames
+) -> VideoStats:
     t_start = time.perf_counter()
     plan = plan_segments(src, max_segments, min_frames, options.max_frames)
     faces = smooth_landmarks([detect_segment(src, s, detector, options) for s in plan], options)
