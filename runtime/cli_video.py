@@ -39,6 +39,7 @@ from daefr.runtime.backends import BackendError, BackendUnavailable, Restorer
 from daefr.runtime.face.detector import DetectorUnavailable, RetinaFaceDetector
 from daefr.runtime.plan import PlanError, PrecisionPlan
 from daefr.runtime.restorers import open_restorer
+from daefr.runtime.segment_join import check_segmented_output
 from daefr.runtime.segments import restore_video_segmented
 from daefr.runtime.video import ENCODER_PRESETS, VideoOptions, restore_video
 from daefr.runtime.video_input import VideoError, check_output_container, expected_frames, probe
@@ -161,6 +162,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.stats = args.stats or args.output.with_suffix(".stats.json")
     try:  # where the run writes is settled before anything is decoded or built
         check_output_container(args.output)
+        if args.segments is not None:
+            check_segmented_output(args.output, args.codec)
         check_distinct({"--output": args.output, "--stats": args.stats}, inputs=[args.input])
     except (VideoError, OutputError) as err:
         parser.error(str(err))

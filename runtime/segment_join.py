@@ -5,8 +5,10 @@ output, written atomically. See runtime/segments.py for the whole path."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 import av
 
 from daefr.atomic import atomic_path
+from daefr.runtime.clips import LOSSLESS_PIX_FMT
 from daefr.runtime.video import VideoOptions, VideoStats, latency_summary, video_report
 from daefr.runtime.video_input import VideoError, check_output_container, open_input, probe
 from daefr.runtime.video_stages import STAGES, CodeStability, output_rate
@@ -35,12 +38,64 @@ def check_joinable(dst: Path) -> None:
         )
 
 
+@functools.lru_cache(maxsize=64)
+def muxer_accepts(suffix: str, codec: str) -> bool:
+    """Whether the muxer of ``suffix`` writes a header for a ``codec`` stream (a real try, in a
+    scratch folder: MOV lists VP9 as supported yet refuses it without experimental flags)."""
+    with tempfile.TemporaryDirectory(prefix="daefr-mux-") as scratch:
+        out = None
+        try:
+            out = av.open(os.path.join(scratch, f"probe{suffix}"), "w")
+            stream = out.add_stream(codec, rate=25)
+            stream.width, stream.height = 64, 64
+            stream.pix_fmt = LOSSLESS_PIX_FMT.get(codec, stream.pix_fmt or "yuv420p")
+            out.start_encoding()  # opens the encoder, writes the header
+            return True
+        except (av.error.FFmpegError, ValueError, TypeError, OSError):
+            return False
+        finally:
+            if out is not None:
+                with contextlib.suppress(av.error.FFmpegError, ValueError):
+                    out.close()
+
+
 def part_suffix(codec: str) -> str:
     """The container of a part file for ``codec``: MOV where it takes the codec (it keeps the
-    encoder's time base and dts exactly), else Matroska (ffv1 and the like; millisecond
-    timestamps, as a Matroska output has anyway)."""
-    with av.open(os.devnull, "w", format="mov") as probe_out:
-        return ".mov" if codec in probe_out.supported_codecs else ".mkv"
+    encoder's time base and dts exactly), else Matroska (ffv1, VP9; millisecond timestamps, as a
+    Matroska output has anyway), else NUT."""
+    return next((s for s in (".mov", ".mkv") if muxer_accepts(s, codec)), ".nut")
+
+
+def check_segmented_output(dst: Path, codec: str) -> None:
+    """VideoError (one line) unless a segmented run can write ``dst`` with ``codec``: checked
+    before any work, as the single path's output checks are."""
+    check_output_container(dst)
+    check_joinable(dst)
+    suffix = Path(dst).suffix.lower()
+    if not muxer_accepts(suffix, codec):
+        raise VideoError(
+            f"{dst}: the {suffix} container does not take {codec} video; choose another --codec "
+            "(e.g. libvpx-vp9 for .webm) or another suffix (.mkv takes most)"
+        )
+
+
+def check_audio_fits(src: Path, dst: Path) -> None:
+    """VideoError (one line) unless ``dst``'s container takes ``src``'s audio streams as they
+    are (the join copies them): checked before any work, not after every part is restored."""
+    container, _, audio = open_input(src)
+    try:
+        with tempfile.TemporaryDirectory(prefix="daefr-mux-") as scratch:
+            with av.open(os.path.join(scratch, f"probe{Path(dst).suffix.lower()}"), "w") as out:
+                for a in audio:
+                    try:
+                        out.add_stream_from_template(a)
+                    except (ValueError, TypeError, AttributeError) as err:
+                        raise VideoError(
+                            f"{dst}: cannot copy {src}'s {a.codec_context.name} audio into it ({err}); "
+                            "choose another suffix (.mkv takes most)"
+                        ) from err
+    finally:
+        container.close()
 
 
 def check_contiguous(segments: list[Segment]) -> None:
@@ -220,7 +275,10 @@ def join_segments(
             try:
                 vstream = out.add_stream_from_template(first)
                 vstream.codec_context.framerate = output_rate(info)  # as restore_video declares it
-                audio_map = {a.index: out.add_stream_from_template(a) for a in audio}
+                try:
+                    audio_map = {a.index: out.add_stream_from_template(a) for a in audio}
+                except (ValueError, TypeError, AttributeError) as err:
+                    raise VideoError(f"{dst}: cannot copy {src}'s audio into it ({err})") from err
                 video_packets = _part_packets(parts, index, timing, counts)
                 audio_packets = _audio_packets(container, audio, end_s)
                 for packet in heapq.merge(video_packets, audio_packets, key=_time_key):

@@ -42,7 +42,13 @@ from daefr.atomic import atomic_path, terminable
 from daefr.runtime.backends.base import Restorer
 from daefr.runtime.face.detector import Face, FaceDetector
 from daefr.runtime.face.smooth import LandmarkSmoother
-from daefr.runtime.segment_join import check_contiguous, check_joinable, join_segments, part_suffix
+from daefr.runtime.segment_join import (
+    check_audio_fits,
+    check_contiguous,
+    check_segmented_output,
+    join_segments,
+    part_suffix,
+)
 from daefr.runtime.video import (
     VideoOptions,
     VideoStats,
@@ -405,10 +411,10 @@ def restore_video_segmented(
     the segments', see runtime/ray_*.py)."""
     src, dst = Path(src), Path(dst)
     options = options or VideoOptions()
-    check_output_container(dst)
-    check_joinable(dst)
+    check_segmented_output(dst, options.codec)
     if dst.resolve() == src.resolve():
         raise VideoError(f"{dst}: the output would overwrite the input; choose another path")
+    check_audio_fits(src, dst)
     with terminable():  # SIGTERM/SIGHUP at any stage unwinds: the parts' folder is removed
         return _restore_segmented(src, dst, restorer, detector, options, max_segments, progress, min_frames)
 

@@ -396,3 +396,46 @@ def test_sigterm_at_any_stage_leaves_nothing(gop_clip, tmp_path, tiny_onnx, stag
         proc.kill()
         proc.wait(timeout=30)
     assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize(("name", "codec", "match"), [
+    ("o.webm", "libx264", "does not take libx264"),
+    ("o.avi", "libx264", "cannot be joined into .avi"),
+])  # fmt: skip
+def test_cli_refuses_an_output_the_join_cannot_write_before_any_work(
+    gop_clip, tmp_path, tiny_onnx, capsys, monkeypatch, name, codec, match
+):
+    from daefr.runtime import cli_video
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the output was checked")
+
+    monkeypatch.setattr(cli_video, "build_restorer", no_model)
+    argv = [str(gop_clip), "-o", str(tmp_path / name), "--codec", codec, "--segments", "3"]
+    with pytest.raises(SystemExit) as info:
+        cli_video.main([*argv, "--backend", "ort", "--onnx", str(tiny_onnx), "-q"])
+    assert info.value.code == 2
+    assert match in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("codec", ["libx264", "ffv1", "libvpx-vp9"])
+def test_part_container_takes_the_codec(codec, tmp_path):
+    suffix = seg.part_suffix(codec)
+    assert segment_join.muxer_accepts(suffix, codec)
+    assert not segment_join.muxer_accepts(".mov", "libvpx-vp9")  # MOV lists VP9 yet refuses it
+    assert not segment_join.muxer_accepts(".webm", "libx264")
+
+
+def test_vp9_segments_join_into_webm(tmp_path, restorer, detector):
+    clip = write_clip(tmp_path / "in.mp4", synthetic_frames(12, 128, 96), fps=FPS, gop=4)
+    with pytest.raises(VideoError, match="cannot copy .* aac audio"):  # before any work
+        seg.restore_video_segmented(
+            clip, tmp_path / "o.webm", restorer, detector, VideoOptions(codec="libvpx-vp9")
+        )
+    clip = write_clip(tmp_path / "in.mp4", synthetic_frames(12, 128, 96), fps=FPS, gop=4, audio_codec=None)
+    options = VideoOptions(codec="libvpx-vp9", max_frames=8)
+    stats = seg.restore_video_segmented(clip, tmp_path / "o.webm", restorer, detector, options, 2)
+    got = read(tmp_path / "o.webm")
+    assert stats.video["segments"] == 2 and len(got["rgb"]) == 8
+    assert got["pts_s"] == read(clip)["pts_s"][:8]
