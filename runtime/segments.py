@@ -175,6 +175,20 @@ def _clean_keyframes(pts: list[int], keys: list[bool]) -> list[int]:
     return clean
 
 
+def _seek_lands(src: Path, pts: int) -> bool:
+    """Whether a backward seek to ``pts`` lands on the keyframe shown at ``pts``: the first
+    video packet demuxed after it is that keyframe (MPEG-TS, for one, can land past it)."""
+    container, video, _ = open_input(src)
+    try:
+        container.seek(pts, stream=video, backward=True)
+        packet = next((p for p in container.demux(video) if p.size), None)
+        return packet is not None and bool(packet.is_keyframe) and packet.pts == pts
+    except av.error.FFmpegError:
+        return False
+    finally:
+        container.close()
+
+
 def _choose(candidates: list[int], total: int, count: int, min_frames: int) -> list[int]:
     """Up to count - 1 boundaries among ``candidates`` (frame indices), each near an even split."""
     bounds = [0]
@@ -209,12 +223,24 @@ def plan_segments(
         log.info("%s: video packets without distinct timestamps; not split", src)
         total = min(len(pts), max_frames) if max_frames else len(pts)
         return [Segment(0, 0, total, 0, None, None)]
+    if not keys[0]:
+        log.info("%s: the first video packet is not a keyframe; not split", src)
+        total = min(len(pts), max_frames) if max_frames else len(pts)
+        return [Segment(0, 0, total, 0, None, None)]
     shown = sorted(pts)  # presentation order
     total = min(len(shown), max_frames) if max_frames else len(shown)
     candidates = [bisect.bisect_left(shown, pts[i]) for i in _clean_keyframes(pts, keys)]
     candidates = sorted(k for k in candidates if 0 < k < total)
     count = min(max_segments, len(candidates) + 1)
-    bounds = [0, *_choose(candidates, total, count, min_frames), total]
+    chosen = _choose(candidates, total, count, min_frames)
+    landed = [k for k in chosen if _seek_lands(src, shown[k])]
+    if len(landed) < len(chosen):
+        log.info(
+            "%s: a seek does not land on %d of the %d planned split points (%s); %d segments",
+            src, len(chosen) - len(landed), len(chosen), "frames " + ", ".join(
+                str(k) for k in chosen if k not in landed), len(landed) + 1,
+        )  # fmt: skip
+    bounds = [0, *landed, total]
     return [
         Segment(i, a, b, a, shown[a], tuple(shown[a:b]))
         for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))

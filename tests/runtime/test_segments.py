@@ -439,3 +439,42 @@ def test_vp9_segments_join_into_webm(tmp_path, restorer, detector):
     got = read(tmp_path / "o.webm")
     assert stats.video["segments"] == 2 and len(got["rgb"]) == 8
     assert got["pts_s"] == read(clip)["pts_s"][:8]
+
+
+def _drop_first_packets(src: Path, dst: Path, n: int) -> Path:
+    """``src`` remuxed without its first ``n`` video packets: it starts on a non-keyframe."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        v = out.add_stream_from_template(inp.streams.video[0])
+        for i, packet in enumerate(p for p in inp.demux(video=0) if p.size):
+            if i >= n:
+                packet.stream = v
+                out.mux(packet)
+    return dst
+
+
+@pytest.mark.parametrize("kind", ["ts", "no-first-keyframe"])
+def test_an_input_where_a_seek_cannot_land_runs_with_fewer_segments(
+    tmp_path, restorer, detector, caplog, kind
+):
+    """MPEG-TS: a backward seek lands past the planned keyframe; an input starting on a
+    non-keyframe: its packets are not its frames. Both run (fewer segments), as the single path does."""
+    if kind == "ts":
+        clip = write_clip(tmp_path / "in.ts", synthetic_frames(24, 128, 96), fps=FPS, gop=6)
+    else:
+        full = write_clip(
+            tmp_path / "full.mkv", synthetic_frames(24, 128, 96), fps=FPS, gop=6, audio_codec=None
+        )
+        clip = _drop_first_packets(full, tmp_path / "in.mkv", 2)
+    caplog.set_level("INFO", logger="daefr.runtime.segments")
+    plan = seg.plan_segments(clip, 3)
+    assert len(plan) < 3 and ("seek does not land" in caplog.text or "not a keyframe" in caplog.text)
+    restore_video(clip, tmp_path / "a.mkv", restorer, detector, VideoOptions())
+    stats = seg.restore_video_segmented(clip, tmp_path / "b.mkv", restorer, detector, VideoOptions(), 3)
+    a, b = read(tmp_path / "a.mkv"), read(tmp_path / "b.mkv")
+    assert stats.frames == len(b["rgb"]) == len(a["rgb"]) and b["pts_s"] == a["pts_s"]
+
+
+def test_seek_check_accepts_a_clean_keyframe_and_refuses_a_wrong_one(gop_clip):
+    plan = seg.plan_segments(gop_clip, 3)
+    assert all(seg._seek_lands(gop_clip, s.seek_pts) for s in plan[1:])
+    assert not seg._seek_lands(gop_clip, plan[1].pts[1])  # a frame that is no keyframe
