@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from daefr.atomic import atomic_write_text
+from daefr.atomic import atomic_write_text, terminable
 from daefr.checkpoint import CheckpointError
 from daefr.cli.common import (
     EXIT_FAILED,
@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     try:
         detector = RetinaFaceDetector(score_threshold=args.det_threshold, max_side=args.det_max_side)
-        with tempfile.TemporaryDirectory(prefix="daefr-video-") as workdir:
+        # terminable: SIGTERM/SIGHUP while an ONNX is exported unwinds and removes the workdir
+        with terminable(), tempfile.TemporaryDirectory(prefix="daefr-video-") as workdir:
             # One face per frame at least where faces are (frames without any cost no network time).
             faces = min(total, args.max_frames) if (total and args.max_frames) else total or None
             plan, model = plan_with_quality(args, args.plan)

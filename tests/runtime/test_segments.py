@@ -478,3 +478,32 @@ def test_seek_check_accepts_a_clean_keyframe_and_refuses_a_wrong_one(gop_clip):
     plan = seg.plan_segments(gop_clip, 3)
     assert all(seg._seek_lands(gop_clip, s.seek_pts) for s in plan[1:])
     assert not seg._seek_lands(gop_clip, plan[1].pts[1])  # a frame that is no keyframe
+
+
+TERMINATED_BUILD = """
+import sys, time
+from daefr.runtime import cli_video
+def build_restorer(args, plan, workdir, *rest):
+    (workdir / "daefr.onnx").write_bytes(b"an export in progress")
+    print(workdir, flush=True)
+    time.sleep(60)
+cli_video.build_restorer = build_restorer
+sys.exit(cli_video.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_while_the_cli_builds_the_restorer_removes_its_workdir(gop_clip, tmp_path, tiny_onnx):
+    argv = [str(gop_clip), "-o", str(tmp_path / "o.mp4"), "--backend", "ort", "--onnx", str(tiny_onnx)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TERMINATED_BUILD, *argv, "--segments", "3", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        workdir = Path(proc.stdout.readline().decode().strip())
+        assert (workdir / "daefr.onnx").exists()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert not workdir.exists() and list(tmp_path.iterdir()) == []
