@@ -17,12 +17,16 @@ landmarks. **The stability metric is continued** from each segment's first and l
 **Split points** are keyframes where no frame before the keyframe in decode order is shown after
 it and none after it is shown before it (closed GOP): a segment decoded from there gives the same
 frames as a decode from the start, and no context frame is needed (``decode_from == start``).
-A stream whose packets lack timestamps, or repeat one, is not split (one segment).
+A split point is kept only where a backward seek provably lands on it (the first packet
+demuxed after the seek is that keyframe; MPEG-TS can land past it), else fewer segments, with a
+log line. A stream whose packets lack timestamps, or repeat one, or whose first packet is no
+keyframe (its packets are not its frames), is not split (one segment).
 
 **The join** (runtime/segment_join.py) copies packets: each part is encoded separately, starting
 at pts 0, into MOV where the codec fits (exact time base and dts; else Matroska,
-``part_suffix``); the join stamps every frame with its input pts, keeps dts increasing across
-the seams and interleaves the input's audio packets by time, copied untouched.
+``part_suffix``, after a real header write); the join stamps every frame with its input pts
+and duration (the input's pts spacing), gives dts from the input's frame times
+(``_dts_schedule``) and interleaves the input's audio packets by time, copied untouched.
 """
 
 from __future__ import annotations
