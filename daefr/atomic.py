@@ -55,6 +55,17 @@ def _leave_write() -> None:
                 signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def terminable() -> Iterator[None]:
+    """Within: SIGTERM/SIGHUP unwind as ``Terminated`` (every ``finally`` runs), as inside
+    ``atomic_path``; for a run that leaves temporary files before its atomic write opens."""
+    _enter_write()
+    try:
+        yield
+    finally:
+        _leave_write()
+
+
 def _current_umask() -> int:
     # /proc first: os.umask can only be read by setting it, a race with threads creating files
     try:

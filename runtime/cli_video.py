@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from daefr.atomic import atomic_write_text
+from daefr.atomic import atomic_write_text, terminable
 from daefr.checkpoint import CheckpointError
 from daefr.cli.common import (
     EXIT_FAILED,
@@ -41,6 +41,7 @@ from daefr.runtime.face.detector import DetectorUnavailable, RetinaFaceDetector
 from daefr.runtime.plan import PlanError, PrecisionPlan
 from daefr.runtime.ray_pool import RayUsageError
 from daefr.runtime.restorers import open_restorer
+from daefr.runtime.segment_join import check_segmented_output
 from daefr.runtime.segments import restore_video_segmented
 from daefr.runtime.video import ENCODER_PRESETS, VideoOptions, restore_video
 from daefr.runtime.video_input import VideoError, check_output_container, expected_frames, probe
@@ -177,6 +178,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.stats = args.stats or args.output.with_suffix(".stats.json")
     try:  # where the run writes is settled before anything is decoded or built
         check_output_container(args.output)
+        if args.segments is not None:
+            check_segmented_output(args.output, args.codec)
         check_distinct({"--output": args.output, "--stats": args.stats}, inputs=[args.input])
     except (VideoError, OutputError) as err:
         parser.error(str(err))
@@ -226,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     try:
         detector = RetinaFaceDetector(score_threshold=args.det_threshold, max_side=args.det_max_side)
-        with tempfile.TemporaryDirectory(prefix="daefr-video-") as workdir:
+        # terminable: SIGTERM/SIGHUP while an ONNX is exported unwinds and removes the workdir
+        with terminable(), tempfile.TemporaryDirectory(prefix="daefr-video-") as workdir:
             # One face per frame at least where faces are (frames without any cost no network time).
             faces = min(total, args.max_frames) if (total and args.max_frames) else total or None
             plan, model = plan_with_quality(args, args.plan)

@@ -5,8 +5,10 @@ output, written atomically. See runtime/segments.py for the whole path."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 import av
 
 from daefr.atomic import atomic_path
+from daefr.runtime.clips import LOSSLESS_PIX_FMT
 from daefr.runtime.video import VideoOptions, VideoStats, latency_summary, video_report
 from daefr.runtime.video_input import VideoError, check_output_container, open_input, probe
 from daefr.runtime.video_stages import STAGES, CodeStability, output_rate
@@ -35,12 +38,64 @@ def check_joinable(dst: Path) -> None:
         )
 
 
+@functools.lru_cache(maxsize=64)
+def muxer_accepts(suffix: str, codec: str) -> bool:
+    """Whether the muxer of ``suffix`` writes a header for a ``codec`` stream (a real try, in a
+    scratch folder: MOV lists VP9 as supported yet refuses it without experimental flags)."""
+    with tempfile.TemporaryDirectory(prefix="daefr-mux-") as scratch:
+        out = None
+        try:
+            out = av.open(os.path.join(scratch, f"probe{suffix}"), "w")
+            stream = out.add_stream(codec, rate=25)
+            stream.width, stream.height = 64, 64
+            stream.pix_fmt = LOSSLESS_PIX_FMT.get(codec, stream.pix_fmt or "yuv420p")
+            out.start_encoding()  # opens the encoder, writes the header
+            return True
+        except (av.error.FFmpegError, ValueError, TypeError, OSError):
+            return False
+        finally:
+            if out is not None:
+                with contextlib.suppress(av.error.FFmpegError, ValueError):
+                    out.close()
+
+
 def part_suffix(codec: str) -> str:
     """The container of a part file for ``codec``: MOV where it takes the codec (it keeps the
-    encoder's time base and dts exactly), else Matroska (ffv1 and the like; millisecond
-    timestamps, as a Matroska output has anyway)."""
-    with av.open(os.devnull, "w", format="mov") as probe_out:
-        return ".mov" if codec in probe_out.supported_codecs else ".mkv"
+    encoder's time base and dts exactly), else Matroska (ffv1, VP9; millisecond timestamps, as a
+    Matroska output has anyway), else NUT."""
+    return next((s for s in (".mov", ".mkv") if muxer_accepts(s, codec)), ".nut")
+
+
+def check_segmented_output(dst: Path, codec: str) -> None:
+    """VideoError (one line) unless a segmented run can write ``dst`` with ``codec``: checked
+    before any work, as the single path's output checks are."""
+    check_output_container(dst)
+    check_joinable(dst)
+    suffix = Path(dst).suffix.lower()
+    if not muxer_accepts(suffix, codec):
+        raise VideoError(
+            f"{dst}: the {suffix} container does not take {codec} video; choose another --codec "
+            "(e.g. libvpx-vp9 for .webm) or another suffix (.mkv takes most)"
+        )
+
+
+def check_audio_fits(src: Path, dst: Path) -> None:
+    """VideoError (one line) unless ``dst``'s container takes ``src``'s audio streams as they
+    are (the join copies them): checked before any work, not after every part is restored."""
+    container, _, audio = open_input(src)
+    try:
+        with tempfile.TemporaryDirectory(prefix="daefr-mux-") as scratch:
+            with av.open(os.path.join(scratch, f"probe{Path(dst).suffix.lower()}"), "w") as out:
+                for a in audio:
+                    try:
+                        out.add_stream_from_template(a)
+                    except (ValueError, TypeError, AttributeError) as err:
+                        raise VideoError(
+                            f"{dst}: cannot copy {src}'s {a.codec_context.name} audio into it ({err}); "
+                            "choose another suffix (.mkv takes most)"
+                        ) from err
+    finally:
+        container.close()
 
 
 def check_contiguous(segments: list[Segment]) -> None:
@@ -64,27 +119,78 @@ class _PartIndex:
     extradata: bytes
     start: int
     shown: dict[int, int] | None
+    decode_pts: tuple[int, ...] = ()  # the input pts of its packets, in decode order (with shown)
+    delay: int = 0  # its encoder's reorder delay: packets decoded before its first frame's time
 
 
 def _index_part(part: SegmentResult) -> _PartIndex:
     with _open_part(part.part) as container:
         stream = container.streams.video[0]
-        pts = [p.pts for p in container.demux(stream) if p.size]
+        packets = [(p.pts, p.dts) for p in container.demux(stream) if p.size]
+        pts = [p for p, _ in packets]
         extradata = bytes(stream.codec_context.extradata or b"")
         time_base = stream.time_base
     if len(pts) != part.frames or any(p is None for p in pts):
         raise VideoError(f"{part.part}: {len(pts)} video packets with timestamps for {part.frames} frames")
     order = sorted(pts)
     shown = None if part.segment.pts is None else dict(zip(order, part.segment.pts, strict=True))
-    return _PartIndex(time_base, extradata, order[0], shown)
+    decode_pts = () if shown is None else tuple(shown[p] for p in pts)
+    delay = sum(d is not None and d < order[0] for _, d in packets)
+    return _PartIndex(time_base, extradata, order[0], shown, decode_pts, delay)
 
 
-def _part_packets(parts: list[SegmentResult], index: list[_PartIndex], input_tb, stats: dict) -> Iterator:
+def _dts_schedule(decode_pts: list[int], timing: _InputTiming, delay: int = 0) -> list[int]:
+    """The joined packets' dts (decode order): the n-th is the (n - D)-th presentation time,
+    D the least reorder delay that keeps every dts <= its pts, at least ``delay`` (the first
+    part's encoder's: the single path's output starts there, and a muxer that shifts to dts 0,
+    MPEG-TS, then gives the same pts); before the first frame: its duration per step. So dts rise by the input's frame spans across every seam, and a
+    muxer that derives durations from dts (MP4) gets the input's (not a part's track end)."""
+    shown = sorted(decode_pts)
+    rank = {p: k for k, p in enumerate(shown)}
+    delay = max(delay, *(n - rank[p] for n, p in enumerate(decode_pts))) if decode_pts else 0
+    step = timing.duration.get(shown[0], 1) if shown else 1
+    return [shown[n - delay] if n >= delay else shown[0] - (delay - n) * step for n in range(len(shown))]
+
+
+@dataclass(frozen=True)
+class _InputTiming:
+    """The input's video frame timing (its time base): ``duration[pts]``, each frame's span
+    to the next frame in presentation order (the last one's own packet duration, else the
+    span before it); ``ends``: the end of frame k, k in presentation order."""
+
+    time_base: object
+    duration: dict[int, int]
+    ends: tuple[int, ...]
+
+
+def _input_timing(src: Path) -> _InputTiming:
+    container, video, _ = open_input(src)
+    try:
+        packets = [(p.pts, p.duration or 0) for p in container.demux(video) if p.size and p.pts is not None]
+        time_base = video.time_base
+    except av.error.FFmpegError as err:
+        raise VideoError(f"{src}: demuxing failed ({err})") from err
+    finally:
+        container.close()
+    shown = sorted(packets)
+    spans = [b[0] - a[0] for a, b in zip(shown, shown[1:], strict=False)]
+    if shown:
+        spans.append(shown[-1][1] if shown[-1][1] > 0 else (spans[-1] if spans else 1))
+    duration = {p: d for (p, _), d in zip(shown, spans, strict=True)}
+    return _InputTiming(time_base, duration, tuple(p + d for (p, _), d in zip(shown, spans, strict=True)))
+
+
+def _part_packets(
+    parts: list[SegmentResult], index: list[_PartIndex], timing: _InputTiming, stats: dict
+) -> Iterator:
     """The parts' video packets one part after another, each frame at its input pts (a part
-    starts at 0, see restore_segment), dts kept increasing across the seams (each part's
-    encoder starts its dts below its first pts; raised by the least step that keeps them
-    ordered, never above a packet's pts)."""
+    starts at 0, see restore_segment) with its input duration (not the part muxer's: MOV
+    stretches a last B-frame to the track end), dts from ``_dts_schedule``. Every time
+    field is in the input's time base. Parts without input timestamps (one segment) are copied
+    in their own time base, dts only raised where not increasing."""
+    input_tb = timing.time_base
     last_dts = None
+    schedule = iter(_dts_schedule([p for idx in index for p in idx.decode_pts], timing, index[0].delay))
     for part, idx in zip(parts, index, strict=True):
         with _open_part(part.part) as container:
             stream = container.streams.video[0]
@@ -93,10 +199,8 @@ def _part_packets(parts: list[SegmentResult], index: list[_PartIndex], input_tb,
                     continue
                 if idx.shown is not None:
                     pts = idx.shown[packet.pts]
-                    dts = pts
-                    if packet.dts is not None:
-                        dts = part.segment.pts[0] + round((packet.dts - idx.start) * idx.time_base / input_tb)
-                    packet.time_base, packet.pts, packet.dts = input_tb, pts, min(dts, pts)
+                    packet.time_base, packet.pts, packet.dts = input_tb, pts, next(schedule)
+                    packet.duration = timing.duration.get(pts, 0)
                 if last_dts is not None and packet.dts is not None and packet.dts <= last_dts:
                     if packet.pts is not None and last_dts + 1 > packet.pts:
                         raise VideoError(
@@ -156,11 +260,12 @@ def join_segments(
             if idx.time_base != index[0].time_base or idx.extradata != index[0].extradata:
                 raise VideoError(f"{p.part}: encoded differently from the first part; cannot join")
         first = stack.enter_context(_open_part(parts[0].part)).streams.video[0]
-        input_tb = _input_time_base(src)
-        end_s = None  # cut at --max-frames: the audio stops with the last frame, as in restore_video
+        timing = _input_timing(src)
+        end_s = None  # cut at --max-frames: the audio stops where the last frame ends, as in restore_video
         last = parts[-1].segment
         if options.max_frames is not None and last.stop >= options.max_frames and last.pts:
-            end_s = float(last.pts[-1] * input_tb)
+            if last.stop - 1 < len(timing.ends):
+                end_s = float(timing.ends[last.stop - 1] * timing.time_base)
         with atomic_path(dst) as tmp:
             try:
                 out = av.open(str(tmp), "w")
@@ -170,8 +275,11 @@ def join_segments(
             try:
                 vstream = out.add_stream_from_template(first)
                 vstream.codec_context.framerate = output_rate(info)  # as restore_video declares it
-                audio_map = {a.index: out.add_stream_from_template(a) for a in audio}
-                video_packets = _part_packets(parts, index, input_tb, counts)
+                try:
+                    audio_map = {a.index: out.add_stream_from_template(a) for a in audio}
+                except (ValueError, TypeError, AttributeError) as err:
+                    raise VideoError(f"{dst}: cannot copy {src}'s audio into it ({err})") from err
+                video_packets = _part_packets(parts, index, timing, counts)
                 audio_packets = _audio_packets(container, audio, end_s)
                 for packet in heapq.merge(video_packets, audio_packets, key=_time_key):
                     packet.stream = (
@@ -194,14 +302,6 @@ def join_segments(
         "segments": len(parts),
     }
     return stats
-
-
-def _input_time_base(src: Path):
-    container, video, _ = open_input(src)
-    try:
-        return video.time_base
-    finally:
-        container.close()
 
 
 @contextlib.contextmanager

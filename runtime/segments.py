@@ -17,12 +17,16 @@ landmarks. **The stability metric is continued** from each segment's first and l
 **Split points** are keyframes where no frame before the keyframe in decode order is shown after
 it and none after it is shown before it (closed GOP): a segment decoded from there gives the same
 frames as a decode from the start, and no context frame is needed (``decode_from == start``).
-A stream whose packets lack timestamps, or repeat one, is not split (one segment).
+A split point is kept only where a backward seek provably lands on it (the first packet
+demuxed after the seek is that keyframe; MPEG-TS can land past it), else fewer segments, with a
+log line. A stream whose packets lack timestamps, or repeat one, or whose first packet is no
+keyframe (its packets are not its frames), is not split (one segment).
 
 **The join** (runtime/segment_join.py) copies packets: each part is encoded separately, starting
 at pts 0, into MOV where the codec fits (exact time base and dts; else Matroska,
-``part_suffix``); the join stamps every frame with its input pts, keeps dts increasing across
-the seams and interleaves the input's audio packets by time, copied untouched.
+``part_suffix``, after a real header write); the join stamps every frame with its input pts
+and duration (the input's pts spacing), gives dts from the input's frame times
+(``_dts_schedule``) and interleaves the input's audio packets by time, copied untouched.
 """
 
 from __future__ import annotations
@@ -38,11 +42,17 @@ from pathlib import Path
 
 import av
 
-from daefr.atomic import atomic_path
+from daefr.atomic import atomic_path, terminable
 from daefr.runtime.backends.base import Restorer
 from daefr.runtime.face.detector import Face, FaceDetector
 from daefr.runtime.face.smooth import LandmarkSmoother
-from daefr.runtime.segment_join import check_contiguous, check_joinable, join_segments, part_suffix
+from daefr.runtime.segment_join import (
+    check_audio_fits,
+    check_contiguous,
+    check_segmented_output,
+    join_segments,
+    part_suffix,
+)
 from daefr.runtime.video import (
     VideoOptions,
     VideoStats,
@@ -169,6 +179,20 @@ def _clean_keyframes(pts: list[int], keys: list[bool]) -> list[int]:
     return clean
 
 
+def _seek_lands(src: Path, pts: int) -> bool:
+    """Whether a backward seek to ``pts`` lands on the keyframe shown at ``pts``: the first
+    video packet demuxed after it is that keyframe (MPEG-TS, for one, can land past it)."""
+    container, video, _ = open_input(src)
+    try:
+        container.seek(pts, stream=video, backward=True)
+        packet = next((p for p in container.demux(video) if p.size), None)
+        return packet is not None and bool(packet.is_keyframe) and packet.pts == pts
+    except av.error.FFmpegError:
+        return False
+    finally:
+        container.close()
+
+
 def _choose(candidates: list[int], total: int, count: int, min_frames: int) -> list[int]:
     """Up to count - 1 boundaries among ``candidates`` (frame indices), each near an even split."""
     bounds = [0]
@@ -203,12 +227,24 @@ def plan_segments(
         log.info("%s: video packets without distinct timestamps; not split", src)
         total = min(len(pts), max_frames) if max_frames else len(pts)
         return [Segment(0, 0, total, 0, None, None)]
+    if not keys[0]:
+        log.info("%s: the first video packet is not a keyframe; not split", src)
+        total = min(len(pts), max_frames) if max_frames else len(pts)
+        return [Segment(0, 0, total, 0, None, None)]
     shown = sorted(pts)  # presentation order
     total = min(len(shown), max_frames) if max_frames else len(shown)
     candidates = [bisect.bisect_left(shown, pts[i]) for i in _clean_keyframes(pts, keys)]
     candidates = sorted(k for k in candidates if 0 < k < total)
     count = min(max_segments, len(candidates) + 1)
-    bounds = [0, *_choose(candidates, total, count, min_frames), total]
+    chosen = _choose(candidates, total, count, min_frames)
+    landed = [k for k in chosen if _seek_lands(src, shown[k])]
+    if len(landed) < len(chosen):
+        log.info(
+            "%s: a seek does not land on %d of the %d planned split points (%s); %d segments",
+            src, len(chosen) - len(landed), len(chosen), "frames " + ", ".join(
+                str(k) for k in chosen if k not in landed), len(landed) + 1,
+        )  # fmt: skip
+    bounds = [0, *landed, total]
     return [
         Segment(i, a, b, a, shown[a], tuple(shown[a:b]))
         for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
@@ -405,14 +441,22 @@ def restore_video_segmented(
     the segments', see runtime/ray_*.py)."""
     src, dst = Path(src), Path(dst)
     options = options or VideoOptions()
-    check_output_container(dst)
-    check_joinable(dst)
+    check_segmented_output(dst, options.codec)
     if dst.resolve() == src.resolve():
         raise VideoError(f"{dst}: the output would overwrite the input; choose another path")
+    check_audio_fits(src, dst)
+    with terminable():  # SIGTERM/SIGHUP at any stage unwinds: the parts' folder is removed
+        return _restore_segmented(src, dst, restorer, detector, options, max_segments, progress, min_frames)
+
+
+def _restore_segmented(
+    src, dst, restorer, detector, options, max_segments, progress, min_frames
+) -> VideoStats:
     t_start = time.perf_counter()
     plan = plan_segments(src, max_segments, min_frames, options.max_frames)
     faces = smooth_landmarks([detect_segment(src, s, detector, options) for s in plan], options)
     suffix = part_suffix(options.codec)
+    dst.parent.mkdir(parents=True, exist_ok=True)  # as atomic_path does for the single path
     with tempfile.TemporaryDirectory(prefix=f".{dst.stem}.segments-", dir=dst.parent) as workdir:
         results = [
             restore_segment(

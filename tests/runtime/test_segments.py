@@ -287,6 +287,10 @@ def test_max_frames_stops_the_segmented_run_like_the_single_process_one(
     assert stats.frames == len(b["rgb"]) == 11 and b["pts_s"] == a["pts_s"] == src["pts_s"][:11]
     assert stats.video["segments"] == 2  # keyframes at 0 and 8 within the first 11 frames
     assert b["audio"] == src["audio"][: len(b["audio"])] and len(b["audio"]) < len(src["audio"])
+    # the audio lasts to the end of the last frame (not its start), as the single path's does
+    with av.open(str(gop_clip)) as c:
+        starts = [float(p.pts * p.time_base) for p in c.demux(audio=0) if p.size]
+    assert len(b["audio"]) == sum(t < 11 / FPS for t in starts) <= len(a["audio"])
 
 
 def test_a_stream_without_usable_timestamps_runs_as_one_segment(
@@ -305,3 +309,201 @@ def test_a_stream_without_usable_timestamps_runs_as_one_segment(
     stats = seg.restore_video_segmented(gop_clip, out, restorer, detector, VideoOptions(), 3)
     got, src = read(out), read(gop_clip)
     assert stats.frames == N_FRAMES and got["pts_s"] == src["pts_s"] and got["audio"] == src["audio"]
+
+
+# -- review findings --------------------------------------------------------------------------
+def packet_timing(path: Path) -> tuple[list[int], list[int], object, Fraction]:
+    """(pts in presentation order, their durations, the time base, the average rate)."""
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        packets = sorted((p.pts, p.duration) for p in c.demux(v) if p.size)
+        return [p for p, _ in packets], [d for _, d in packets], v.time_base, v.average_rate
+
+
+def seconds(ticks: list[int], tb) -> list[float]:
+    return [round(float(t * tb), 6) for t in ticks]
+
+
+@pytest.mark.parametrize(("suffix", "max_frames"), [(".mkv", None), (".mp4", 7), (".mkv", 7)])
+def test_joined_frame_durations_are_the_inputs(tmp_path, restorer, detector, suffix, max_frames):
+    """Matroska's 1/1000 time base against a part's MOV 1/16000 (durations must be rescaled),
+    and a part ending on a B-frame (MOV stretches its last sample to the track end): every
+    joined frame lasts what it lasts in the input, in the input's and the single path's rate."""
+    clip = write_clip(tmp_path / f"in{suffix}", synthetic_frames(24, 128, 96), fps=FPS, gop=6)
+    options = VideoOptions(max_frames=max_frames)
+    restore_video(clip, tmp_path / f"a{suffix}", restorer, detector, options)
+    stats = seg.restore_video_segmented(clip, tmp_path / f"b{suffix}", restorer, detector, options, 3)
+    assert stats.video["segments"] == (3 if max_frames is None else 2)  # keyframes at 0, 6 of 7
+    src_pts, src_dur, src_tb, _ = packet_timing(clip)
+    a_pts, a_dur, a_tb, a_rate = packet_timing(tmp_path / f"a{suffix}")
+    b_pts, b_dur, b_tb, b_rate = packet_timing(tmp_path / f"b{suffix}")
+    n = max_frames or len(src_pts)
+    assert seconds(b_pts, b_tb) == seconds(src_pts[:n], src_tb) == seconds(a_pts, a_tb)
+    assert seconds(b_dur, b_tb) == seconds(src_dur[:n], src_tb)
+    assert b_rate == a_rate == FPS
+    with av.open(str(tmp_path / f"a{suffix}")) as a, av.open(str(tmp_path / f"b{suffix}")) as b:
+        assert b.streams.video[0].duration == a.streams.video[0].duration
+
+
+def test_a_missing_output_folder_is_created_as_in_the_single_path(gop_clip, tmp_path, restorer, detector):
+    out = tmp_path / "new" / "deeper" / "o.mp4"
+    stats = seg.restore_video_segmented(gop_clip, out, restorer, detector, VideoOptions(max_frames=9), 2)
+    assert stats.frames == 9 and sorted(p.name for p in out.parent.iterdir()) == ["o.mp4"]
+
+
+TERMINATED_RUN = """
+import sys, time
+from daefr.runtime import segment_join
+from daefr.runtime.backends.ort_backend import OrtRestorer
+from daefr.runtime.face import RetinaFaceDetector
+from daefr.runtime.segments import restore_video_segmented
+stage = sys.argv[4]
+class Detector(RetinaFaceDetector):
+    def detect(self, rgb):
+        if stage == "detect":
+            print("ready", flush=True)
+            time.sleep(60)
+        return super().detect(rgb)
+real = segment_join._index_part
+def index_part(part):
+    if stage == "index":
+        print("ready", flush=True)
+        time.sleep(60)
+    return real(part)
+segment_join._index_part = index_part
+restore_video_segmented(sys.argv[1], sys.argv[2], OrtRestorer(sys.argv[3], threads=1), Detector(),
+                        None, 3)
+"""
+
+
+@pytest.mark.parametrize("stage", ["detect", "index"])
+def test_sigterm_at_any_stage_leaves_nothing(gop_clip, tmp_path, tiny_onnx, stage):
+    """SIGTERM in the detection pass (before any file is written) or while the join indexes the
+    parts (before the output's atomic write opens): the run unwinds, the parts' folder goes."""
+    out = tmp_path / "out" / "o.mp4"
+    out.parent.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TERMINATED_RUN, str(gop_clip), str(out), str(tiny_onnx), stage],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        if stage == "index":
+            assert [p.name for p in out.parent.iterdir()][0].startswith(".o.segments-")  # parts there
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize(("name", "codec", "match"), [
+    ("o.webm", "libx264", "does not take libx264"),
+    ("o.avi", "libx264", "cannot be joined into .avi"),
+])  # fmt: skip
+def test_cli_refuses_an_output_the_join_cannot_write_before_any_work(
+    gop_clip, tmp_path, tiny_onnx, capsys, monkeypatch, name, codec, match
+):
+    from daefr.runtime import cli_video
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the output was checked")
+
+    monkeypatch.setattr(cli_video, "build_restorer", no_model)
+    argv = [str(gop_clip), "-o", str(tmp_path / name), "--codec", codec, "--segments", "3"]
+    with pytest.raises(SystemExit) as info:
+        cli_video.main([*argv, "--backend", "ort", "--onnx", str(tiny_onnx), "-q"])
+    assert info.value.code == 2
+    assert match in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("codec", ["libx264", "ffv1", "libvpx-vp9"])
+def test_part_container_takes_the_codec(codec, tmp_path):
+    suffix = seg.part_suffix(codec)
+    assert segment_join.muxer_accepts(suffix, codec)
+    assert not segment_join.muxer_accepts(".mov", "libvpx-vp9")  # MOV lists VP9 yet refuses it
+    assert not segment_join.muxer_accepts(".webm", "libx264")
+
+
+def test_vp9_segments_join_into_webm(tmp_path, restorer, detector):
+    clip = write_clip(tmp_path / "in.mp4", synthetic_frames(12, 128, 96), fps=FPS, gop=4)
+    with pytest.raises(VideoError, match="cannot copy .* aac audio"):  # before any work
+        seg.restore_video_segmented(
+            clip, tmp_path / "o.webm", restorer, detector, VideoOptions(codec="libvpx-vp9")
+        )
+    clip = write_clip(tmp_path / "in.mp4", synthetic_frames(12, 128, 96), fps=FPS, gop=4, audio_codec=None)
+    options = VideoOptions(codec="libvpx-vp9", max_frames=8)
+    stats = seg.restore_video_segmented(clip, tmp_path / "o.webm", restorer, detector, options, 2)
+    got = read(tmp_path / "o.webm")
+    assert stats.video["segments"] == 2 and len(got["rgb"]) == 8
+    assert got["pts_s"] == read(clip)["pts_s"][:8]
+
+
+def _drop_first_packets(src: Path, dst: Path, n: int) -> Path:
+    """``src`` remuxed without its first ``n`` video packets: it starts on a non-keyframe."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        v = out.add_stream_from_template(inp.streams.video[0])
+        for i, packet in enumerate(p for p in inp.demux(video=0) if p.size):
+            if i >= n:
+                packet.stream = v
+                out.mux(packet)
+    return dst
+
+
+@pytest.mark.parametrize("kind", ["ts", "no-first-keyframe"])
+def test_an_input_where_a_seek_cannot_land_runs_with_fewer_segments(
+    tmp_path, restorer, detector, caplog, kind
+):
+    """MPEG-TS: a backward seek lands past the planned keyframe; an input starting on a
+    non-keyframe: its packets are not its frames. Both run (fewer segments), as the single path does."""
+    if kind == "ts":
+        clip = write_clip(tmp_path / "in.ts", synthetic_frames(24, 128, 96), fps=FPS, gop=6)
+    else:
+        full = write_clip(
+            tmp_path / "full.mkv", synthetic_frames(24, 128, 96), fps=FPS, gop=6, audio_codec=None
+        )
+        clip = _drop_first_packets(full, tmp_path / "in.mkv", 2)
+    caplog.set_level("INFO", logger="daefr.runtime.segments")
+    plan = seg.plan_segments(clip, 3)
+    assert len(plan) < 3 and ("seek does not land" in caplog.text or "not a keyframe" in caplog.text)
+    restore_video(clip, tmp_path / "a.mkv", restorer, detector, VideoOptions())
+    stats = seg.restore_video_segmented(clip, tmp_path / "b.mkv", restorer, detector, VideoOptions(), 3)
+    a, b = read(tmp_path / "a.mkv"), read(tmp_path / "b.mkv")
+    assert stats.frames == len(b["rgb"]) == len(a["rgb"]) and b["pts_s"] == a["pts_s"]
+
+
+def test_seek_check_accepts_a_clean_keyframe_and_refuses_a_wrong_one(gop_clip):
+    plan = seg.plan_segments(gop_clip, 3)
+    assert all(seg._seek_lands(gop_clip, s.seek_pts) for s in plan[1:])
+    assert not seg._seek_lands(gop_clip, plan[1].pts[1])  # a frame that is no keyframe
+
+
+TERMINATED_BUILD = """
+import sys, time
+from daefr.runtime import cli_video
+def build_restorer(args, plan, workdir, *rest):
+    (workdir / "daefr.onnx").write_bytes(b"an export in progress")
+    print(workdir, flush=True)
+    time.sleep(60)
+cli_video.build_restorer = build_restorer
+sys.exit(cli_video.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_while_the_cli_builds_the_restorer_removes_its_workdir(gop_clip, tmp_path, tiny_onnx):
+    argv = [str(gop_clip), "-o", str(tmp_path / "o.mp4"), "--backend", "ort", "--onnx", str(tiny_onnx)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TERMINATED_BUILD, *argv, "--segments", "3", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        workdir = Path(proc.stdout.readline().decode().strip())
+        assert (workdir / "daefr.onnx").exists()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert not workdir.exists() and list(tmp_path.iterdir()) == []
