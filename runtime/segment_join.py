@@ -21,7 +21,7 @@ from daefr.atomic import atomic_path
 from daefr.runtime.clips import LOSSLESS_PIX_FMT
 from daefr.runtime.video import VideoOptions, VideoStats, latency_summary, video_report
 from daefr.runtime.video_input import VideoError, check_output_container, open_input, probe
-from daefr.runtime.video_stages import STAGES, CodeStability, output_rate
+from daefr.runtime.video_stages import STAGES, CodeStability, close_output, open_output, output_rate
 
 if TYPE_CHECKING:
     from daefr.runtime.segments import Segment, SegmentResult
@@ -267,10 +267,7 @@ def join_segments(
             if last.stop - 1 < len(timing.ends):
                 end_s = float(timing.ends[last.stop - 1] * timing.time_base)
         with atomic_path(dst) as tmp:
-            try:
-                out = av.open(str(tmp), "w")
-            except (av.error.FFmpegError, ValueError) as err:
-                raise VideoError(f"{dst}: cannot write this container ({err})") from err
+            out = open_output(tmp, dst)
             ok = False
             try:
                 vstream = out.add_stream_from_template(first)
@@ -290,7 +287,7 @@ def join_segments(
             except av.error.FFmpegError as err:
                 raise VideoError(f"{dst}: joining the segments failed ({err})") from err
             finally:
-                _close(out, dst, ok)
+                close_output(out, dst, ok)
             total = parts[-1].segment.stop
             if counts["video_packets"] != total:
                 raise VideoError(f"{dst}: joined {counts['video_packets']} video packets for {total} frames")
@@ -316,14 +313,6 @@ def _open_part(path: Path):
         yield container
     finally:
         container.close()
-
-
-def _close(out, dst: Path, raise_errors: bool) -> None:
-    try:
-        out.close()
-    except av.error.FFmpegError as err:
-        if raise_errors:
-            raise VideoError(f"{dst}: finishing the output failed ({err})") from err
 
 
 def _sum_stats(parts: list[SegmentResult]) -> VideoStats:

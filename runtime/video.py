@@ -54,8 +54,10 @@ from daefr.runtime.video_stages import (
     RestoredFrame,
     add_video_stream,
     align,
+    close_output,
     detect,
     encode,
+    open_output,
     output_rate,
     paste,
     restore_frames,
@@ -392,10 +394,7 @@ def restore_video(
     t_start = time.perf_counter()
     try:
         with atomic_path(dst) as tmp:
-            try:
-                out = av.open(str(tmp), "w")
-            except (av.error.FFmpegError, ValueError) as err:
-                raise VideoError(f"{dst}: cannot write this container ({err})") from err
+            out = open_output(tmp, dst)
             ok = False
             try:
                 vstream, audio_map = _output_streams(src, out, video, audio, info, options)
@@ -417,7 +416,7 @@ def restore_video(
                 raise VideoError(f"{dst}: encoding or muxing failed ({err})") from err
             finally:
                 pipe.stop.set()
-                _close_output(out, dst, raise_errors=ok)
+                close_output(out, dst, raise_errors=ok)
     finally:
         container.close()
     stats = pipe.stats
@@ -469,13 +468,3 @@ def video_report(
         "smooth": options.smooth,
         "detect_workers": options.detect_workers,
     }
-
-
-def _close_output(out: av.container.OutputContainer, dst: Path, raise_errors: bool) -> None:
-    """Write the trailer; after a failure, closing only releases the file (its error is moot)."""
-    try:
-        out.close()
-    except av.error.FFmpegError as err:
-        if raise_errors:
-            raise VideoError(f"{dst}: finishing the output failed ({err})") from err
-        log.debug("closing the failed output %s: %s", dst, err)

@@ -14,6 +14,7 @@ meaning on the way: an aligned crop and a restored crop live in different record
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from daefr.runtime.face.detector import Face, FaceDetector
 from daefr.runtime.face.smooth import LandmarkSmoother
 from daefr.runtime.video_input import VideoError, VideoInfo, output_pix_fmt
 from daefr.runtime.yuv_patch import can_patch, patch_yuv420p
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from daefr.runtime.video import VideoOptions
@@ -346,3 +349,21 @@ def add_video_stream(out: av.container.OutputContainer, video, info: VideoInfo, 
 def encode(out: av.container.OutputContainer, stream, pasted: PastedFrame | None) -> None:
     """Encode and mux one frame; None flushes the encoder."""
     out.mux(stream.encode(None if pasted is None else pasted.frame))
+
+
+def open_output(tmp: Path, dst: Path) -> av.container.OutputContainer:
+    """The output container at ``tmp`` (the atomic temporary of ``dst``, whose name errors carry)."""
+    try:
+        return av.open(str(tmp), "w")
+    except (av.error.FFmpegError, ValueError) as err:
+        raise VideoError(f"{dst}: cannot write this container ({err})") from err
+
+
+def close_output(out: av.container.OutputContainer, dst: Path, raise_errors: bool) -> None:
+    """Write the trailer; after a failure, closing only releases the file (its error is moot)."""
+    try:
+        out.close()
+    except av.error.FFmpegError as err:
+        if raise_errors:
+            raise VideoError(f"{dst}: finishing the output failed ({err})") from err
+        log.debug("closing the failed output %s: %s", dst, err)
